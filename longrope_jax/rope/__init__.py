@@ -1,0 +1,24 @@
+"""Rotary position embeddings and their context-extension methods (PI, NTK, YaRN, llama3, LongRoPE, LongRoPE2).
+
+Public API (stable, used by external scripts):
+  from_hf_config(config) -> RopeSpec
+  RopeSpec.to_hf() -> dict
+  frequencies(spec, seq_len) -> (inv_freq (d/2,), attention_scale)
+  rope_inputs / longrope_inputs -> RopeInputs (runtime arrays), rope_cos_sin, apply_rope
+"""
+
+from longrope_jax.rope.apply import (RopeInputs, apply_rope, longrope_inputs, rope_cos_sin, rope_inputs,
+                                     rotate_half, select_layer)
+from longrope_jax.rope.factors import (critical_dimension, expand_critical_dim, is_valid_factor_vector,
+                                       method_factors)
+from longrope_jax.rope.frequencies import (attention_scale, default_inv_freq, equivalent_factors, frequencies,
+                                           ntk_aware_theta, uses_long_factors, yarn_mscale)
+from longrope_jax.rope.spec import ROPE_TYPES, RopeSpec, from_hf_config, longrope_spec, validate_factors
+
+__all__ = [
+    "ROPE_TYPES", "RopeInputs", "RopeSpec", "apply_rope", "attention_scale", "critical_dimension",
+    "default_inv_freq", "equivalent_factors", "expand_critical_dim", "frequencies", "from_hf_config",
+    "is_valid_factor_vector", "longrope_inputs", "longrope_spec", "method_factors", "ntk_aware_theta",
+    "rope_cos_sin", "rope_inputs", "rotate_half", "select_layer", "uses_long_factors", "validate_factors",
+    "yarn_mscale",
+]
