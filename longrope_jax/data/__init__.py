@@ -1,0 +1,1 @@
+"""Data: offline corpora of long real documents and the evaluation inputs built from them."""

@@ -1,0 +1,43 @@
+"""`load_model(path)`: one entry point for GGUF files, HF directories and longrope-jax Orbax directories."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from longrope_jax.errors import CheckpointError
+from longrope_jax.model.config import ModelConfig
+from longrope_jax.model.state import model_from_params
+from longrope_jax.model.transformer import Transformer
+
+
+def load_params(path: str | Path, **config_overrides: Any) -> tuple[ModelConfig, dict[str, Any]]:
+    """(ModelConfig, flat params) from a .gguf file, a HF safetensors directory or an Orbax model directory."""
+    from longrope_jax import checkpoint
+    from longrope_jax.convert import hf
+
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"model path {path} does not exist")
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise CheckpointError(f"{path} is a file but not .gguf; pass a GGUF file or a model directory")
+        from longrope_jax.convert.gguf import gguf_config, iter_gguf_tensors
+        cfg = ModelConfig.from_hf_config(gguf_config(path), **config_overrides)
+        return cfg, hf.hf_to_params(cfg, iter_gguf_tensors(path))
+    if checkpoint.is_model_dir(path):
+        cfg = checkpoint.read_model_config(path).replace(**config_overrides)
+        return cfg, checkpoint.restore_params(path, cfg)
+    if (path / "config.json").exists():
+        return hf.load_hf_dir(path, **config_overrides)
+    raise CheckpointError(f"{path} is neither a GGUF file, a HF directory (config.json) nor a longrope-jax model "
+                          f"directory ({checkpoint.CONFIG_FILE})")
+
+
+def load_model(path: str | Path, **config_overrides: Any) -> tuple[Transformer, ModelConfig]:
+    """A model and its config. Calling the model on int32 token ids (B, L) returns float32 logits (B, L, vocab).
+
+    config_overrides: ModelConfig fields such as dtype="bfloat16", attention="blockwise", rope=RopeSpec(...).
+    """
+    cfg, params = load_params(path, **config_overrides)
+    return model_from_params(cfg, params), cfg

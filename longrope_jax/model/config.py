@@ -1,0 +1,166 @@
+"""`ModelConfig`: the decoder family (Llama-2/3, Mistral, Phi-3, SmolLM2) and its HF config.json round trip."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import jax.numpy as jnp
+
+from longrope_jax.errors import ConfigError
+from longrope_jax.rope import RopeSpec, from_hf_config as rope_from_hf_config
+
+ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "phi3": "Phi3ForCausalLM"}
+ATTENTION_IMPLS = ("auto", "reference", "blockwise", "cudnn", "splash")
+REMAT_POLICIES = ("none", "full", "dots_saveable", "nothing_saveable")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Shapes and numerics of one decoder-only RoPE model.
+
+    `dtype` is the compute dtype (activations, matmuls); `param_dtype` the storage dtype of parameters.
+    `attention` picks the kernel ("auto": splash on TPU, cuDNN on GPU, blockwise on CPU).
+    """
+
+    architecture: str = "llama"
+    vocab_size: int = 32000
+    hidden_size: int = 4096
+    intermediate_size: int = 11008
+    num_layers: int = 32
+    num_heads: int = 32
+    num_kv_heads: int = 32
+    head_dim: int = 128
+    rms_norm_eps: float = 1e-5
+    tie_word_embeddings: bool = False
+    sliding_window: int | None = None
+    rope: RopeSpec = dataclasses.field(default_factory=RopeSpec)
+    bos_token_id: int | None = 1
+    eos_token_id: int | None = 2
+    pad_token_id: int | None = None
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    attention: str = "auto"
+    block_q: int = 512
+    block_kv: int = 512
+    scan_layers: bool = True
+    remat: str = "none"
+    loss_chunk: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise ConfigError(f"unsupported architecture {self.architecture!r}; supported: {sorted(ARCHITECTURES)}")
+        if self.num_heads % self.num_kv_heads:
+            raise ConfigError(f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}")
+        if self.attention not in ATTENTION_IMPLS:
+            raise ConfigError(f"unknown attention {self.attention!r}; use one of {ATTENTION_IMPLS}")
+        if self.remat not in REMAT_POLICIES:
+            raise ConfigError(f"unknown remat policy {self.remat!r}; use one of {REMAT_POLICIES}")
+        for name in ("dtype", "param_dtype"):
+            if getattr(self, name) not in ("float32", "bfloat16", "float16"):
+                raise ConfigError(f"{name}={getattr(self, name)!r}: use float32, bfloat16 or float16")
+        if self.rope.head_dim != self.head_dim:
+            raise ConfigError(f"rope head_dim {self.rope.head_dim} != model head_dim {self.head_dim}")
+
+    @property
+    def compute_dtype(self) -> jnp.dtype:
+        return jnp.dtype(self.dtype)
+
+    @property
+    def params_dtype(self) -> jnp.dtype:
+        return jnp.dtype(self.param_dtype)
+
+    def replace(self, **changes: Any) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
+
+    # ------------------------------------------------------------------ Hugging Face round trip
+    @classmethod
+    def from_hf_config(cls, config: Mapping[str, Any], **overrides: Any) -> "ModelConfig":
+        """From a HF config.json dict (llama, mistral, phi3 model types)."""
+        model_type = config.get("model_type", "llama")
+        if model_type not in ARCHITECTURES:
+            raise ConfigError(f"unsupported model_type {model_type!r} in config.json; longrope-jax supports "
+                              f"{sorted(ARCHITECTURES)} (Llama-2/3, Mistral, Phi-3 and their derivatives)")
+        missing = [k for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                               "num_attention_heads", "max_position_embeddings") if k not in config]
+        if missing:
+            raise ConfigError(f"config.json lacks required keys {missing}")
+        heads = int(config["num_attention_heads"])
+        head_dim = int(config.get("head_dim") or config["hidden_size"] // heads)
+        try:
+            rope = rope_from_hf_config(config)
+        except ValueError as err:
+            raise ConfigError(f"config.json rope settings: {err}") from err
+        eos = config.get("eos_token_id")
+        return cls(
+            architecture=model_type,
+            vocab_size=int(config["vocab_size"]),
+            hidden_size=int(config["hidden_size"]),
+            intermediate_size=int(config["intermediate_size"]),
+            num_layers=int(config["num_hidden_layers"]),
+            num_heads=heads,
+            num_kv_heads=int(config.get("num_key_value_heads") or heads),
+            head_dim=head_dim,
+            rms_norm_eps=float(config.get("rms_norm_eps", 1e-5)),
+            tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
+            sliding_window=config.get("sliding_window") if model_type in ("mistral", "phi3") else None,
+            rope=rope,
+            bos_token_id=config.get("bos_token_id"),
+            eos_token_id=eos[0] if isinstance(eos, list) else eos,
+            pad_token_id=config.get("pad_token_id"),
+            **overrides,
+        )
+
+    def to_hf_config(self) -> dict[str, Any]:
+        """A config.json dict transformers loads without remote code (rope_scaling in HF's format)."""
+        rope = self.rope
+        out: dict[str, Any] = {
+            "architectures": [ARCHITECTURES[self.architecture]],
+            "model_type": self.architecture,
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_layers,
+            "num_attention_heads": self.num_heads,
+            "num_key_value_heads": self.num_kv_heads,
+            "head_dim": self.head_dim,
+            "rms_norm_eps": self.rms_norm_eps,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "max_position_embeddings": rope.max_position_embeddings,
+            "rope_theta": rope.theta,
+            "hidden_act": "silu",
+            "attention_bias": False,
+            "mlp_bias": False,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": self.eos_token_id,
+            "pad_token_id": self.pad_token_id,
+            "torch_dtype": self.param_dtype,
+        }
+        if rope.partial_rotary_factor != 1.0:
+            out["partial_rotary_factor"] = rope.partial_rotary_factor
+        if rope.rope_type != "default":
+            out["rope_scaling"] = rope.to_hf()
+            if rope.original_max_position_embeddings is not None:
+                out["original_max_position_embeddings"] = rope.original_max_position_embeddings
+        else:
+            out["rope_scaling"] = None
+        if self.architecture in ("mistral", "phi3"):
+            out["sliding_window"] = self.sliding_window
+        return out
+
+
+def config_to_dict(cfg: ModelConfig) -> dict[str, Any]:
+    """Lossless JSON form of a ModelConfig (rope spec included); inverse of `config_from_dict`."""
+    out = dataclasses.asdict(cfg)
+    out["rope"] = cfg.rope.to_dict()
+    return out
+
+
+def config_from_dict(data: Mapping[str, Any]) -> ModelConfig:
+    data = dict(data)
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"unknown model config fields {unknown}; the file was written by another version?")
+    data["rope"] = RopeSpec.from_dict(data["rope"], require_monotone=False)
+    return ModelConfig(**data)
