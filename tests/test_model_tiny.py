@@ -100,6 +100,19 @@ def test_blockwise_equals_reference(window, length, block_q, block_kv):
     np.testing.assert_allclose(np.asarray(grad), np.asarray(grad_ref), atol=1e-4)
 
 
+@pytest.mark.parametrize("window", [None, 19])
+def test_cudnn_path_layout_and_window_match_reference(window):
+    """The GPU path's call (run through XLA here) has the same GQA layout and window semantics."""
+    from longrope_jax.model.attention import cudnn_attention
+    rng = np.random.default_rng(7)
+    q = jnp.asarray(rng.standard_normal((2, 50, 6, 16)), jnp.float32)
+    k = jnp.asarray(rng.standard_normal((2, 50, 2, 16)), jnp.float32)
+    v = jnp.asarray(rng.standard_normal((2, 50, 2, 16)), jnp.float32)
+    pos = jnp.broadcast_to(jnp.arange(50), (2, 50))
+    np.testing.assert_allclose(np.asarray(cudnn_attention(q, k, v, window, implementation="xla")),
+                               np.asarray(reference_attention(q, k, v, pos, pos, window)), atol=1e-5)
+
+
 def tiny_config(**changes) -> ModelConfig:
     base = ModelConfig(vocab_size=97, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
                        num_kv_heads=2, head_dim=8, rope=RopeSpec(head_dim=8, max_position_embeddings=32),
