@@ -1,0 +1,61 @@
+"""Convert a model between formats.
+
+  python -m experiments.convert --src model.gguf --dst out_dir --format hf
+  python -m experiments.convert --src hf_dir --dst out_dir --format orbax [--rope_scaling rope_scaling.json]
+
+--src: a .gguf file, a Hugging Face directory or a longrope-jax Orbax directory. The tokenizer is carried along
+when the source has one. --rope_scaling: a HF rope_scaling JSON block (e.g. a search result) to install, with
+--max_position_embeddings for the extended context.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from longrope_jax.cli import run_main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--src", required=True, help=".gguf file, HF directory or Orbax model directory")
+    parser.add_argument("--dst", required=True, help="output directory (replaced atomically)")
+    parser.add_argument("--format", choices=("hf", "orbax"), required=True)
+    parser.add_argument("--rope_scaling", help="JSON file with a HF rope_scaling block to install")
+    parser.add_argument("--max_position_embeddings", type=int, help="context length to record with --rope_scaling")
+    args = parser.parse_args()
+
+    from longrope_jax.checkpoint import save_model_dir
+    from longrope_jax.convert.hf import save_hf_dir
+    from longrope_jax.errors import AssetError, CheckpointError
+    from longrope_jax.loading import load_params
+    from longrope_jax.rope import from_hf_config
+    from longrope_jax.tokenizer import load_tokenizer
+
+    cfg, params = load_params(args.src)
+    if args.rope_scaling:
+        path = Path(args.rope_scaling)
+        if not path.exists():
+            raise AssetError(f"--rope_scaling file {path} does not exist")
+        block = json.loads(path.read_text())
+        block = block.get("rope_scaling", block)
+        hf = cfg.to_hf_config()
+        hf["rope_scaling"] = block
+        hf.pop("original_max_position_embeddings", None)
+        hf["max_position_embeddings"] = args.max_position_embeddings or hf["max_position_embeddings"]
+        cfg = cfg.replace(rope=from_hf_config(hf))
+    try:
+        tokenizer = load_tokenizer(args.src)
+    except CheckpointError:
+        tokenizer = None  # a source without a tokenizer converts fine; the output simply has none either
+    if args.format == "hf":
+        out = save_hf_dir(cfg, params, Path(args.dst), tokenizer=tokenizer)
+    else:
+        out = save_model_dir(cfg, params, Path(args.dst), tokenizer=tokenizer)
+    print(f"wrote {args.format} model ({cfg.architecture}, {cfg.num_layers} layers, rope {cfg.rope.rope_type}) "
+          f"to {out}")
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,18 @@
+"""Shared CLI behaviour: user errors become one clear line on stderr and exit status 1 (no traceback)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+from longrope_jax.errors import LongRopeError
+
+
+def run_main(main: Callable[[], int | None]) -> None:
+    """Runs `main`; LongRopeError / ValueError from bad input print `error: ...` and exit 1."""
+    try:
+        code = main()
+    except (LongRopeError, ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
+    sys.exit(code or 0)
