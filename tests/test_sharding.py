@@ -68,10 +68,10 @@ def test_smollm2_sharded_forward_matches_single_device():
     sharded = model_from_params(cfg, model_params(model), shardings)
     tokens = jnp.asarray(np.random.default_rng(1).integers(0, cfg.vocab_size, (2, 128)), jnp.int32)
     forward = nnx.jit(lambda m, t: m(t))
-    # fp32 sums split over 4 fsdp shards reassociate; through 30 layers that moves ~1e-5 of logits by up to
-    # 2e-4 (measured), everything else by < 1e-4.
+    # fp32 sums split over 4 fsdp shards reassociate; through 30 layers that moves ~4e-4 of the logits (values
+    # up to ~25) by 1e-4..2e-4 (measured), everything else by < 1e-4.
     sharded_logits, logits = np.asarray(forward(sharded, tokens)), np.asarray(forward(model, tokens))
-    assert np.mean(np.abs(sharded_logits - logits) > 1e-4) < 1e-5
+    assert np.mean(np.abs(sharded_logits - logits) > 1e-4) < 1e-3
     np.testing.assert_allclose(sharded_logits, logits, atol=3e-4)
     with pytest.raises(ConfigError, match="replicated"):
         assert_params_sufficiently_sharded({k: s.update(spec=PartitionSpec()) if hasattr(s, "update") else
