@@ -1,0 +1,133 @@
+"""Text sources as grain random-access data sources: TFDS (e.g. pg19), local files, and the offline demo corpus.
+
+Every source yields records {"name": str, "text": str}; `load_token_documents` runs one through a grain
+MapDataset and returns {name: token ids} for evaluation and search.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import grain
+import numpy as np
+
+from longrope_jax.errors import ConfigError, DataError
+
+
+class TextRecords(grain.sources.RandomAccessDataSource):
+    """In-memory or lazily read text documents behind grain's random-access interface."""
+
+    def __init__(self, records: Sequence[dict[str, str]]):
+        self._records = list(records)
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __getitem__(self, index: int) -> dict[str, str]:
+        return self._records[index]
+
+
+def _decode(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, np.ndarray) and value.dtype.kind in "SO":
+        return _decode(value.item())
+    return str(value)
+
+
+def local_text_source(patterns: Sequence[str] | str, text_key: str = "text") -> TextRecords:
+    """Documents from globs of .txt (one document per file), .jsonl (one per line, field `text_key`) and
+    .array_record files (each record UTF-8 text or a JSON object with `text_key`)."""
+    patterns = [patterns] if isinstance(patterns, str) else list(patterns)
+    files = sorted({f for p in patterns for f in glob.glob(str(Path(p).expanduser()), recursive=True)})
+    if not files:
+        raise DataError(f"no files match {patterns}; check the data.files globs")
+    records = []
+    for file in files:
+        path = Path(file)
+        if path.suffix == ".txt":
+            records.append({"name": path.stem, "text": path.read_text(encoding="utf-8")})
+        elif path.suffix == ".jsonl":
+            for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+                if line.strip():
+                    records.append({"name": f"{path.stem}:{i}", "text": _record_text(json.loads(line), text_key,
+                                                                                     path)})
+        elif path.suffix == ".array_record":
+            source = grain.sources.ArrayRecordDataSource([str(path)])
+            for i in range(len(source)):
+                raw = _decode(source[i])
+                text = _record_text(json.loads(raw), text_key, path) if raw.lstrip().startswith("{") else raw
+                records.append({"name": f"{path.stem}:{i}", "text": text})
+        else:
+            raise DataError(f"unsupported file type {path.suffix!r} ({path}); use .txt, .jsonl or .array_record")
+    return TextRecords(records)
+
+
+def _record_text(record: dict, text_key: str, where: Any) -> str:
+    if text_key not in record:
+        raise DataError(f"record in {where} has no field {text_key!r} (fields: {sorted(record)}); set data.text_key")
+    return _decode(record[text_key])
+
+
+class TfdsTextSource(grain.sources.RandomAccessDataSource):
+    """A TFDS dataset through `tfds.data_source` (array_record, no TensorFlow needed), e.g. pg19's book_text."""
+
+    def __init__(self, name: str = "pg19", split: str = "test", text_key: str = "book_text",
+                 name_key: str | None = "short_book_title", data_dir: str | None = None):
+        import tensorflow_datasets as tfds
+
+        try:
+            self._source = tfds.data_source(name, split=split, data_dir=data_dir)
+        except Exception as err:  # tfds raises many types for missing/unprepared datasets
+            raise DataError(f"cannot open TFDS dataset {name!r} split {split!r}: {type(err).__name__}: {err}. "
+                            f"Prepare it first (tfds build {name} --file_format=array_record) on a machine with "
+                            f"internet access, or use data.source='demo' / 'files'") from err
+        self._text_key, self._name_key, self._name = text_key, name_key, name
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def __getitem__(self, index: int) -> dict[str, str]:
+        record = self._source[index]
+        name = _decode(record[self._name_key]) if self._name_key and self._name_key in record else \
+            f"{self._name}:{index}"
+        return {"name": name, "text": _record_text(record, self._text_key, self._name)}
+
+
+def demo_source(split: str | None = None) -> TextRecords:
+    """The offline demo corpus (Austen + KJV), optionally one named split (train / search / held_out)."""
+    from longrope_jax.data.documents import demo_texts
+
+    return TextRecords([{"name": n, "text": t} for n, t in demo_texts(split).items()])
+
+
+def text_source(data_cfg: Any, split: str | None = None) -> grain.sources.RandomAccessDataSource:
+    """The source a config names: data.source in {"demo", "files", "tfds"}."""
+    kind = data_cfg.source
+    if kind == "demo":
+        return demo_source(split)
+    if kind == "files":
+        return local_text_source(data_cfg.files, data_cfg.get("text_key", "text"))
+    if kind == "tfds":
+        return TfdsTextSource(data_cfg.tfds_name, split or data_cfg.get("tfds_split", "test"),
+                              data_cfg.get("text_key", "book_text"), data_cfg.get("name_key", "short_book_title"),
+                              data_cfg.get("tfds_data_dir"))
+    raise ConfigError(f"unknown data.source {kind!r}; use 'demo', 'files' or 'tfds'")
+
+
+def load_token_documents(source: grain.sources.RandomAccessDataSource, tokenizer,
+                         max_documents: int | None = None) -> dict[str, np.ndarray]:
+    """{name: int32 token ids} of a source's documents (no BOS), tokenised through a grain MapDataset."""
+    from longrope_jax.data.documents import tokenize_texts
+
+    dataset = grain.MapDataset.source(source)
+    if max_documents is not None:
+        dataset = dataset[:max_documents]
+    out: dict[str, np.ndarray] = {}
+    for record in dataset.map(lambda r: (r["name"], tokenize_texts({r["name"]: r["text"]}, tokenizer)[r["name"]])):
+        name, ids = record
+        out[name] = ids
+    return out

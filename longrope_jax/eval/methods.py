@@ -1,0 +1,89 @@
+"""Rope methods compared by evaluation: each turns the model's own spec into the spec used at a target length.
+
+  none       the model's own RoPE, unchanged
+  pi         Position Interpolation (linear), s = target / original
+  ntk        static NTK-aware base change, s = target / original
+  dynamic    HF dynamic NTK (factor s; frequencies depend on the evaluated length)
+  yarn       YaRN (HF), s = target / original
+  longrope   LongRoPE factors from a file (our rope_scaling.json / factors.json / CSV, or an HF config.json)
+  phi3       a model's own longrope short/long factors, chosen by length (Phi-3 rule)
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+from longrope_jax.errors import ConfigError
+from longrope_jax.rope import RopeSpec, from_hf_config, longrope_spec
+
+METHODS = ("none", "pi", "ntk", "dynamic", "yarn", "longrope", "phi3")
+
+
+def original_length(spec: RopeSpec) -> int:
+    """The pre-training context of a model whose own spec is `spec`."""
+    return spec.original_max_position_embeddings or spec.max_position_embeddings
+
+
+def read_factors(path: str | Path) -> dict:
+    """A LongRoPE factor file: JSON (a rope_scaling block, {"long_factor": ...}, or a whole config.json) or CSV
+    with one factor per line (the reference format). Returns a dict with at least "long_factor"."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"factor file {path} does not exist; pass a rope_scaling.json or factors CSV from a search")
+    if path.suffix == ".csv":
+        with path.open() as handle:
+            values = [float(row[0]) for row in csv.reader(handle) if row and row[0].strip()]
+        return {"long_factor": values}
+    data = json.loads(path.read_text())
+    data = data.get("rope_scaling") or data
+    if "long_factor" not in data:
+        raise ConfigError(f"factor file {path} has no 'long_factor'; expected a HF rope_scaling block or CSV")
+    return data
+
+
+def method_spec(base: RopeSpec, method: str, target_length: int, factors_path: str | Path | None = None,
+                n_hat: int | None = None) -> RopeSpec:
+    """The RopeSpec a method uses to run the base model at `target_length` tokens."""
+    original = original_length(base)
+    scale = max(target_length / original, 1.0)
+    common = dict(head_dim=base.head_dim, theta=base.theta, partial_rotary_factor=base.partial_rotary_factor)
+    if method == "none":
+        return base
+    if method in ("pi", "ntk", "dynamic"):
+        rope_type = {"pi": "linear", "ntk": "ntk", "dynamic": "dynamic"}[method]
+        return RopeSpec(rope_type=rope_type, factor=scale, max_position_embeddings=original, **common)
+    if method == "yarn":
+        return RopeSpec(rope_type="yarn", factor=scale, max_position_embeddings=int(round(scale * original)),
+                        original_max_position_embeddings=original, **common)
+    if method == "longrope":
+        if factors_path is None:
+            raise ConfigError("method 'longrope' needs a factor file (eval.factors=path/to/rope_scaling.json)")
+        data = read_factors(factors_path)
+        if len(data["long_factor"]) != base.half_dim:
+            raise ConfigError(f"factor file {factors_path} has {len(data['long_factor'])} long factors but this "
+                              f"model needs {base.half_dim} (head_dim/2); it was searched for another model")
+        extra = {k: data[k] for k in ("attention_factor", "n_hat", "critical_dim") if data.get(k) is not None}
+        if n_hat is not None:
+            extra["n_hat"] = n_hat
+        return longrope_spec(base, data["long_factor"], data.get("short_factor"),
+                             max_position_embeddings=max(target_length, original + 1), **extra)
+    if method == "phi3":
+        if base.rope_type != "longrope":
+            raise ConfigError("method 'phi3' needs a model whose own config has longrope short/long factors")
+        return base
+    raise ConfigError(f"unknown rope method {method!r}; use one of {', '.join(METHODS)}")
+
+
+def spec_from_config_file(path: str | Path) -> RopeSpec:
+    """The rope spec of a HF config.json (for evaluating a converted model's own factors)."""
+    return from_hf_config(json.loads(Path(path).read_text()))
+
+
+def method_factors_table(base: RopeSpec, target_length: int, methods=("pi", "ntk", "yarn")) -> dict[str, np.ndarray]:
+    """λ of classic methods at the target (plots of searched factors against them)."""
+    from longrope_jax.rope import equivalent_factors
+    return {m: equivalent_factors(method_spec(base, m, target_length), target_length) for m in methods}

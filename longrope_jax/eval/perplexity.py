@@ -1,0 +1,104 @@
+"""Perplexity at length L, batched over rope candidates: the search's fitness and the evaluation's main metric.
+
+One compiled function takes the model state, one document (1, L) and a stack of C `RopeInputs` (leading axis C)
+and returns the C mean NLLs, through `jax.vmap` over the rope inputs. Memory is linear in L (blockwise attention
+and chunked loss); it grows with C, so callers choose C for memory.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from longrope_jax.model.loss import chunked_token_nll, sequence_nll
+from longrope_jax.model.transformer import Transformer
+from longrope_jax.rope import RopeInputs, RopeSpec, rope_inputs
+
+
+def stack_ropes(ropes: Sequence[RopeInputs]) -> RopeInputs:
+    """C RopeInputs -> one RopeInputs whose leaves have a leading candidate axis C."""
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *ropes)
+
+
+def spec_ropes(specs: Sequence[RopeSpec], length: int) -> RopeInputs:
+    """Stacked RopeInputs of several specs at one evaluated length (any mix of rope types)."""
+    return stack_ropes([rope_inputs(spec, length) for spec in specs])
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _candidates_mean_nll(graphdef, state, tokens: jax.Array, ropes: RopeInputs) -> jax.Array:
+    # The state goes through vmap as an unbatched argument: NNX variables may not cross trace levels.
+    def one(params, rope):
+        return sequence_nll(nnx.merge(graphdef, params), tokens, rope=rope).mean(axis=-1)  # (B,)
+
+    return jax.vmap(one, in_axes=(None, 0))(state, ropes)  # (C, B)
+
+
+class PerplexityEvaluator:
+    """Mean NLL of documents under many rope candidates, compiled once per (document length, candidate count)."""
+
+    def __init__(self, model: Transformer):
+        self.graphdef, self.state = nnx.split(model)
+        self.cfg = model.cfg
+
+    def mean_nll(self, documents: np.ndarray, ropes: RopeInputs, progress=None) -> np.ndarray:
+        """(C, D) mean NLL per candidate and document.
+
+        documents: int32 (D, L); ropes: RopeInputs with leading axis C. Documents run one at a time (memory), every
+        call reusing the same compiled function. `progress` (optional) is called after each document.
+        """
+        documents = np.asarray(documents, np.int32)
+        out = []
+        for document in documents:
+            out.append(np.asarray(_candidates_mean_nll(self.graphdef, self.state, jnp.asarray(document[None]),
+                                                       ropes))[:, 0])
+            if progress is not None:
+                progress()
+        return np.stack(out, axis=1)
+
+    def perplexity(self, documents: np.ndarray, specs: Sequence[RopeSpec]) -> np.ndarray:
+        """(C,) perplexity exp(mean over documents of mean NLL) for rope specs evaluated at the documents' length."""
+        nll = self.mean_nll(documents, spec_ropes(specs, documents.shape[1]))
+        return np.exp(nll.mean(axis=1))
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "window"))
+def _window_nll(graphdef, state, window_tokens: jax.Array, rope: RopeInputs, window: int) -> jax.Array:
+    model = nnx.merge(graphdef, state)
+    hidden, _ = model.hidden(window_tokens[:, :-1], rope=rope)
+    return chunked_token_nll(hidden, model.output_kernel(), window_tokens[:, 1:], model.cfg.loss_chunk)[0]
+
+
+def sliding_window_nll(model: Transformer, tokens: np.ndarray, window: int, stride: int,
+                       spec: RopeSpec | None = None) -> float:
+    """Mean NLL of a long token sequence scored in windows of `window` tokens moved by `stride` (HF's recipe).
+
+    Each window is a fresh sequence (positions from 0); only the tokens not scored by the previous window count,
+    so every token after the first is scored once, with up to window − stride tokens of context.
+    """
+    tokens = np.asarray(tokens, np.int32)
+    if stride < 1 or stride > window:
+        raise ValueError(f"stride must be in [1, window]; got stride={stride}, window={window}")
+    graphdef, state = nnx.split(model)
+    rope = rope_inputs(spec or model.cfg.rope, window)
+    total, count, scored_until = 0.0, 0, 0
+    for start in range(0, max(len(tokens) - 1, 1), stride):
+        end = min(start + window, len(tokens))
+        if end - start < 2:
+            break
+        chunk = np.zeros(window, np.int32)
+        chunk[: end - start] = tokens[start:end]
+        nll = np.asarray(_window_nll(graphdef, state, jnp.asarray(chunk[None]), rope, window))
+        first_new = max(scored_until, start + 1) - (start + 1)  # index into nll of the first unscored target
+        valid = end - start - 1
+        total += float(nll[first_new:valid].sum())
+        count += valid - first_new
+        scored_until = end
+        if end == len(tokens):
+            break
+    return total / count
