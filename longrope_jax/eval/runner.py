@@ -1,0 +1,161 @@
+"""`experiments.evaluate`: perplexity vs length for several rope methods (+ passkey), resumable, JSON + PNG.
+
+Results go to `<workdir>/results.json`, rewritten atomically after every (length, document, candidate batch), so
+a killed run resumes where it stopped. Plots: perplexity_vs_length.png, factors.png, passkey.png.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from longrope_jax.data.documents import first_documents
+from longrope_jax.data.sources import load_token_documents, text_source
+from longrope_jax.errors import ConfigError
+from longrope_jax.eval import methods as rope_methods
+from longrope_jax.eval import plots
+from longrope_jax.eval.perplexity import PerplexityEvaluator, spec_ropes
+from longrope_jax.io import read_json, write_json_atomic
+from longrope_jax.loading import load_from_config
+from longrope_jax.rope import equivalent_factors
+
+RESULTS = "results.json"
+
+
+def as_list(value: Any) -> list:
+    """A config list field; `--config.x=a,b` arrives as ("a,b",) or "a,b" for string fields, so split on commas."""
+    items = [value] if isinstance(value, (str, int, float)) else list(value)
+    out = []
+    for item in items:
+        out.extend(part.strip() for part in item.split(",") if part.strip()) if isinstance(item, str) \
+            else out.append(item)
+    return out
+
+
+def _methods(eval_cfg: Any) -> list[str]:
+    names = as_list(eval_cfg.methods)
+    for name in names:
+        if name not in rope_methods.METHODS:
+            raise ConfigError(f"unknown method {name!r} in eval.methods; use {', '.join(rope_methods.METHODS)}")
+    if eval_cfg.factors and "longrope" not in names:
+        names.append("longrope")
+    return names
+
+
+def _fingerprint(config: Any) -> dict:
+    """What must not change between a run and its resumption (JSON-normalised: tuples become lists)."""
+    return json.loads(json.dumps({"model": config.model.path, "data": config.data.to_dict(),
+                                  "split": config.eval.split, "documents": config.eval.documents,
+                                  "factors": config.eval.factors}))
+
+
+def _load_results(workdir: Path, config: Any) -> dict:
+    results = read_json(workdir / RESULTS, default=None)
+    if results is None:
+        return {"fingerprint": _fingerprint(config), "perplexity": {}, "nll": {}, "passkey": {}}
+    if results.get("fingerprint") != _fingerprint(config):
+        raise ConfigError(f"{workdir / RESULTS} was written with a different model/data/factors config; use a new "
+                          f"--workdir or delete the old results")
+    return results
+
+
+def run_evaluation(config: Any, workdir: str | Path) -> dict:
+    """Evaluates config.eval.methods at config.eval.lengths on the held-out documents; returns the results."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    eval_cfg = config.eval
+    results = _load_results(workdir, config)
+    names = _methods(eval_cfg)
+    model, cfg, tokenizer = load_from_config(config.model)
+    original = rope_methods.original_length(cfg.rope)
+    docs = load_token_documents(text_source(config.data, eval_cfg.split), tokenizer)
+    evaluator = PerplexityEvaluator(model)
+    lengths = [int(length) for length in as_list(eval_cfg.lengths)]
+    # Check every input up front, so a bad length or factor file fails before hours of compute.
+    batches = {length: first_documents(docs, length, eval_cfg.documents, config.data.add_bos, cfg.bos_token_id)
+               for length in lengths}
+    specs = {(m, length): rope_methods.method_spec(cfg.rope, m, length, eval_cfg.factors or None)
+             for m in names for length in lengths}
+    results["documents"] = {str(length): batches[length][1] for length in lengths}
+    per_batch = max(1, int(eval_cfg.candidates_per_batch))
+    todo = [(length, d, names[i:i + per_batch]) for length in lengths for d in range(eval_cfg.documents)
+            for i in range(0, len(names), per_batch)]
+    with tqdm(total=len(todo) * per_batch, desc="perplexity", unit="cand·doc") as bar:
+        for length, d, group in todo:
+            key = str(length)
+            done = results["nll"].setdefault(key, {})
+            pending = [m for m in group if len(done.get(m, [])) <= d]
+            bar.update(len(group) - len(pending))
+            if not pending:
+                continue
+            tokens = batches[length][0][d:d + 1]
+            nll = evaluator.mean_nll(tokens, spec_ropes([specs[(m, length)] for m in pending], length))[:, 0]
+            for m, value in zip(pending, nll):
+                done.setdefault(m, []).append(float(value))
+            _summarise(results, names)
+            write_json_atomic(workdir / RESULTS, results)
+            bar.update(len(pending))
+            bar.set_postfix({m: f"{np.exp(v):.1f}" for m, v in zip(pending, nll)})
+    _summarise(results, names)
+    if eval_cfg.passkey_lengths:
+        _run_passkey(config, results, workdir, model, cfg, tokenizer)
+    write_json_atomic(workdir / RESULTS, results)
+    _plot(results, workdir, cfg, eval_cfg, original, lengths)
+    return results
+
+
+def _summarise(results: dict, names: list[str]) -> None:
+    table = {}
+    for key, by_method in results["nll"].items():
+        for m in names:
+            if by_method.get(m):
+                table.setdefault(m, {})[key] = float(np.exp(np.mean(by_method[m])))
+    results["perplexity"] = table
+
+
+def _run_passkey(config, results, workdir, model, cfg, tokenizer) -> None:
+    from longrope_jax.eval.passkey import passkey_accuracy
+
+    eval_cfg = config.eval
+    todo = [(m, int(length)) for m in as_list(eval_cfg.passkey_methods)
+            for length in as_list(eval_cfg.passkey_lengths)]
+    for m, length in tqdm(todo, desc="passkey"):
+        if str(length) in results["passkey"].get(m, {}):
+            continue
+        spec = rope_methods.method_spec(cfg.rope, m, length, eval_cfg.factors or None)
+        outcome = passkey_accuracy(model, tokenizer, spec, length, trials=eval_cfg.passkey_trials,
+                                   seed=eval_cfg.seed, bos_id=cfg.bos_token_id if config.data.add_bos else None)
+        results["passkey"].setdefault(m, {})[str(length)] = outcome["accuracy"]
+        write_json_atomic(workdir / RESULTS, results)
+
+
+def _plot(results, workdir, cfg, eval_cfg, original, lengths) -> None:
+    table = {m: {int(k): v for k, v in by_len.items()} for m, by_len in results["perplexity"].items()}
+    if table:
+        plots.plot_perplexity_vs_length(table, workdir / "perplexity_vs_length.png", original,
+                                        title=f"Perplexity vs length ({', '.join(results['documents'][str(lengths[0])])})")
+    target = max(lengths)
+    factors = {m: equivalent_factors(rope_methods.method_spec(cfg.rope, m, target), target)
+               for m in ("pi", "ntk", "yarn")}
+    if eval_cfg.factors:
+        factors["longrope (file)"] = np.asarray(rope_methods.read_factors(eval_cfg.factors)["long_factor"])
+    plots.plot_factors(factors, workdir / "factors.png", title=f"Rescale factors at {target} tokens")
+    if results["passkey"]:
+        plots.plot_passkey({m: {int(k): v for k, v in by_len.items()} for m, by_len in results["passkey"].items()},
+                           workdir / "passkey.png")
+
+
+def format_table(results: dict) -> str:
+    """Markdown table: methods × lengths of perplexity."""
+    table = results["perplexity"]
+    lengths = sorted({int(k) for by_len in table.values() for k in by_len})
+    lines = ["| method | " + " | ".join(str(l) for l in lengths) + " |",
+             "|---|" + "---|" * len(lengths)]
+    for m, by_len in table.items():
+        lines.append(f"| {m} | " + " | ".join(f"{by_len[str(l)]:.2f}" if str(l) in by_len else "-"
+                                             for l in lengths) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,142 @@
+"""Evaluation: batched candidates == separate runs, method parity with transformers, CLI, resume, errors."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers
+
+import longrope_jax
+from longrope_jax.assets import smollm2_gguf_path
+from longrope_jax.data.corpus import austen_novels
+from longrope_jax.errors import ConfigError, DataError
+from longrope_jax.eval import methods as rope_methods
+from longrope_jax.eval.perplexity import PerplexityEvaluator, sliding_window_nll, stack_ropes
+from longrope_jax.eval.runner import run_evaluation
+from longrope_jax.io import read_json
+from longrope_jax.model.loss import sequence_nll
+from longrope_jax.rope import longrope_inputs, rope_inputs
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    path = smollm2_gguf_path()
+    model, cfg = longrope_jax.load_model(path)
+    tokens = longrope_jax.load_tokenizer(path).encode(austen_novels()["Emma"][:20000]).ids
+    return path, model, cfg, np.asarray(tokens, np.int32)
+
+
+def test_batch_of_8_candidates_equals_8_separate_evaluations(smollm2):
+    _, model, cfg, tokens = smollm2
+    length = 512
+    rng = np.random.default_rng(0)
+    original = rope_inputs(cfg.rope, length).original_inv_freq
+    ropes = [longrope_inputs(original, np.sort(rng.uniform(1, 4, 32)), 1.0 + 0.02 * i, n_hat=4 * (i % 2))
+             for i in range(8)]
+    evaluator = PerplexityEvaluator(model)
+    documents = tokens[None, :length]
+    batched = evaluator.mean_nll(documents, stack_ropes(ropes))[:, 0]
+    for i, rope in enumerate(ropes):
+        single = evaluator.mean_nll(documents, stack_ropes([rope]))[0, 0]
+        direct = float(sequence_nll(model, jnp.asarray(documents), rope=rope).mean())
+        assert abs(batched[i] - single) < 1e-5 and abs(single - direct) < 1e-5
+    assert len(set(np.round(batched, 4))) == 8  # the candidates really differ
+
+
+@pytest.mark.parametrize("method", ["pi", "dynamic", "yarn", "ntk"])
+def test_method_perplexity_matches_transformers(smollm2, method):
+    """Each method at a 4x target, applied to the real model, scored on 1,024 tokens of Emma."""
+    path, model, cfg, tokens = smollm2
+    length, target = 1024, 32768
+    spec = rope_methods.method_spec(cfg.rope, method, target)
+    ours = PerplexityEvaluator(model).perplexity(tokens[None, :length], [spec])[0]
+    reference = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                                  dtype=torch.float32).eval()
+    hf_config = reference.config
+    hf_config.rope_parameters = {**spec.to_hf(), "rope_theta": spec.to_hf()["rope_theta"]}
+    if method in ("pi", "dynamic"):
+        hf_config.max_position_embeddings = cfg.rope.max_position_embeddings
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+    reference.model.rotary_emb = LlamaRotaryEmbedding(config=hf_config)
+    with torch.no_grad():
+        ids = torch.tensor(tokens[None, :length].astype(np.int64))
+        theirs = float(torch.exp(reference(ids, labels=ids).loss))
+    assert abs(ours / theirs - 1) < 1e-4, (method, ours, theirs)
+
+
+def test_sliding_window_scores_every_token_once(smollm2):
+    _, model, cfg, tokens = smollm2
+    doc = tokens[:300]
+    full = float(sequence_nll(model, jnp.asarray(doc[None])).mean())
+    # stride == window - 0 context reuse would differ; with window covering everything it equals the full pass.
+    assert abs(sliding_window_nll(model, doc, window=300, stride=300) - full) < 1e-5
+    windowed = sliding_window_nll(model, doc, window=128, stride=64)
+    assert np.isfinite(windowed) and abs(windowed - full) < 0.5
+
+
+def tiny_config(**eval_changes):
+    sys.path.insert(0, str(ROOT))
+    from configs.tiny import get_config
+    config = get_config()
+    config.eval.update(eval_changes)
+    return config
+
+
+def test_evaluation_resumes_after_interruption(tmp_path, monkeypatch):
+    clean = run_evaluation(tiny_config(), tmp_path / "clean")
+    calls = {"n": 0}
+    original = PerplexityEvaluator.mean_nll
+
+    def flaky(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("killed")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(PerplexityEvaluator, "mean_nll", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        run_evaluation(tiny_config(), tmp_path / "resumed")
+    partial = read_json(tmp_path / "resumed" / "results.json")
+    assert 0 < sum(len(v) for by in partial["nll"].values() for v in by.values()) < 10
+    monkeypatch.setattr(PerplexityEvaluator, "mean_nll", original)
+    resumed = run_evaluation(tiny_config(), tmp_path / "resumed")
+    assert resumed["perplexity"] == clean["perplexity"]
+    assert (tmp_path / "resumed" / "perplexity_vs_length.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ConfigError, match="different model/data/factors"):
+        run_evaluation(tiny_config(documents=2), tmp_path / "resumed")
+
+
+def test_evaluation_errors():
+    with pytest.raises(ConfigError, match="unknown method 'rope9000'"):
+        run_evaluation(tiny_config(methods=("none", "rope9000")), "/tmp/never-written")
+    with pytest.raises(DataError, match="tokens for length"):
+        run_evaluation(tiny_config(lengths=(10_000_000,)), "/tmp/never-written-2")
+
+
+def test_cli_overrides_and_clear_errors(tmp_path):
+    def evaluate(*args):
+        return subprocess.run([sys.executable, "-m", "experiments.evaluate", "--config", "configs/tiny.py",
+                               "--workdir", str(tmp_path / "w"), *args], cwd=ROOT, capture_output=True, text=True,
+                              timeout=600)
+
+    result = evaluate("--config.eval.lengths=32,64", "--config.eval.methods=none,yarn")
+    assert result.returncode == 0, result.stderr
+    assert "| none |" in result.stdout and "| yarn |" in result.stdout
+    assert set(read_json(tmp_path / "w" / "results.json")["perplexity"]["yarn"]) == {"32", "64"}
+    result = evaluate("--config.eval.factors=/nonexistent/factors.json", "--config.eval.methods=none")
+    assert result.returncode == 1 and "different model/data/factors" in result.stderr  # same workdir, new factors
+    result = subprocess.run([sys.executable, "-m", "experiments.evaluate", "--config", "configs/tiny.py",
+                             "--workdir", str(tmp_path / "w1"), "--config.eval.factors=/nonexistent/factors.json"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1 and "error: factor file /nonexistent/factors.json does not exist" in result.stderr
+    (tmp_path / "bad.csv").write_text("1.0\n2.0\n")
+    result = subprocess.run([sys.executable, "-m", "experiments.evaluate", "--config", "configs/tiny.py",
+                             "--workdir", str(tmp_path / "w2"), f"--config.eval.factors={tmp_path / 'bad.csv'}"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1 and "has 2 long factors but this model needs 4" in result.stderr
