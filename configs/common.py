@@ -21,4 +21,14 @@ def base_config() -> ml_collections.ConfigDict:
         lengths=(4096, 8192, 16384), methods=("none", "pi", "ntk", "dynamic", "yarn"), split="held_out",
         documents=1, factors="", candidates_per_batch=5, passkey_lengths=(), passkey_methods=("none", "yarn"),
         passkey_trials=10, needle_lengths=(), needle_depths=(0.1, 0.3, 0.5, 0.7, 0.9), needle_trials=2, seed=0))
+    from longrope_jax.search.space import N_HAT_CHOICES
+
+    # Reference LongRoPE search: population 64, 40 generations, 16 mutants + 16 crossovers from the top 32.
+    # evo_scale multiplies population/generations/parents/mutants/crossovers for small budgets.
+    config.search = ml_collections.ConfigDict(dict(
+        target_length=16384, scale_target=0, space="dim_mono", population=64, generations=40, parents=32,
+        mutants=16, crossovers=16, mutation_p=0.3, evo_scale=1.0, lower=1.0, upper=0.0, grid=0.01,
+        search_n_hat=True, n_hat_choices=N_HAT_CHOICES, critical_dim=0, seed=0, documents=3, windows=True,
+        batch_size=4, racing=True, cache="", verdict_documents=1,
+        verdict_methods=("none", "pi", "ntk", "dynamic", "yarn")))
     return config

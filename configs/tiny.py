@@ -15,4 +15,8 @@ def get_config(variant: str = ""):
                              num_kv_heads=2, head_dim=8, max_position_embeddings=64, seed=0)
     config.eval.lengths = (64, 128)
     config.eval.candidates_per_batch = 3
+    config.search.target_length = 128
+    config.search.evo_scale = 0.125  # population 8, 5 generations, 2 mutants + 2 crossovers from the top 4
+    config.search.documents = 2
+    config.search.batch_size = 4
     return config

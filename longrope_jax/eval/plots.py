@@ -60,3 +60,17 @@ def plot_passkey(table: Mapping[str, Mapping[int, float]], path: str | Path, tit
     axis.grid(True, alpha=0.3)
     axis.legend()
     return save_figure_atomic(figure, path)
+
+
+def plot_fitness(history, path: str | Path, title: str = "") -> Path:
+    """history: [{"generation", "best", "median"}]; perplexity per generation."""
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    generations = [h["generation"] for h in history]
+    axis.plot(generations, [h["best"] for h in history], marker="o", label="best")
+    axis.plot(generations, [h["median"] for h in history], marker=".", label="median of population")
+    axis.set_xlabel("generation")
+    axis.set_ylabel("perplexity (search documents)")
+    axis.set_title(title or "Search progress")
+    axis.grid(True, alpha=0.3)
+    axis.legend()
+    return save_figure_atomic(figure, path)

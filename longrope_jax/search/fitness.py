@@ -1,0 +1,147 @@
+"""Fitness of factor candidates: perplexity at the target length, batched, raced, and cached on disk.
+
+Work is (candidate, document) items. Round r scores document r for every candidate still in the race, C items
+per call of one compiled function (vmap over rope inputs and documents; a short last chunk is padded by
+repetition, so the shapes never change and nothing recompiles). After each round a candidate whose optimistic
+final score — its NLL so far plus, on the remaining documents, the best NLL any fully scored candidate reached
+there — is worse than the current k-th best is dropped (racing).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import sqlite3
+from pathlib import Path
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from longrope_jax.model.loss import sequence_nll
+from longrope_jax.model.transformer import Transformer
+from longrope_jax.rope import longrope_inputs
+from longrope_jax.search.space import Candidate, SearchSpace
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _items_mean_nll(graphdef, state, tokens: jax.Array, factors: jax.Array, n_hat: jax.Array,
+                    original_inv_freq: jax.Array, attention_scale: jax.Array) -> jax.Array:
+    """(C,) mean NLL of C (document, factors, n̂) items; tokens (C, 1, L), factors (C, d/2), n_hat (C,)."""
+    def one(params, doc, lam, start):
+        rope = longrope_inputs(original_inv_freq, lam, attention_scale, start)
+        return sequence_nll(nnx.merge(graphdef, params), doc, rope=rope).mean()
+
+    # The state is an unbatched vmap argument: NNX variables may not cross trace levels.
+    return jax.vmap(one, in_axes=(None, 0, 0, 0))(state, tokens, factors, n_hat)
+
+
+class FitnessCache:
+    """Persistent {key: per-document NLLs} (sqlite), so no candidate is ever scored twice, across runs too."""
+
+    def __init__(self, path: str | Path, namespace: str):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.namespace = namespace
+        with sqlite3.connect(self.path) as db:
+            db.execute("CREATE TABLE IF NOT EXISTS fitness (key TEXT PRIMARY KEY, nll TEXT NOT NULL)")
+
+    def _key(self, candidate_key: str) -> str:
+        return hashlib.sha256(f"{self.namespace}|{candidate_key}".encode()).hexdigest()
+
+    def get(self, candidate_key: str) -> list[float]:
+        with sqlite3.connect(self.path) as db:
+            row = db.execute("SELECT nll FROM fitness WHERE key = ?", (self._key(candidate_key),)).fetchone()
+        return json.loads(row[0]) if row else []
+
+    def put(self, candidate_key: str, nll: Sequence[float]) -> None:
+        with sqlite3.connect(self.path) as db:
+            db.execute("INSERT OR REPLACE INTO fitness (key, nll) VALUES (?, ?)",
+                       (self._key(candidate_key), json.dumps([float(v) for v in nll])))
+
+
+def fingerprint(*parts: object) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part.tobytes() if isinstance(part, np.ndarray) else repr(part).encode())
+    return digest.hexdigest()[:24]
+
+
+class FitnessEvaluator:
+    """Scores candidates on fixed documents (D, L) at one attention scale; fitness = exp(mean NLL over docs)."""
+
+    def __init__(self, model: Transformer, documents: np.ndarray, space: SearchSpace, attention_scale: float,
+                 original_inv_freq: np.ndarray, batch_size: int, cache: FitnessCache | None = None,
+                 racing: bool = True):
+        self.graphdef, self.state = nnx.split(model)
+        self.documents = np.asarray(documents, np.int32)
+        self.space, self.cache, self.racing = space, cache, racing
+        self.batch_size = max(1, int(batch_size))
+        self.scale = jnp.float32(attention_scale)
+        self.original_inv_freq = jnp.asarray(original_inv_freq, jnp.float32)
+        self.stats = {"evaluations": 0, "cache_hits": 0, "doc_evals": 0, "doc_evals_saved": 0}
+
+    @property
+    def num_documents(self) -> int:
+        return len(self.documents)
+
+    def _score_items(self, items: list[tuple[Candidate, int]]) -> list[float]:
+        out = []
+        for start in range(0, len(items), self.batch_size):
+            chunk = items[start:start + self.batch_size]
+            padded = chunk + [chunk[-1]] * (self.batch_size - len(chunk))
+            nll = _items_mean_nll(
+                self.graphdef, self.state, jnp.asarray(self.documents[[d for _, d in padded]][:, None]),
+                jnp.asarray(np.stack([c.array for c, _ in padded]), jnp.float32),
+                jnp.asarray([c.n_hat for c, _ in padded], jnp.int32), self.original_inv_freq, self.scale)
+            out += [float(v) for v in np.asarray(nll)[:len(chunk)]]
+            self.stats["doc_evals"] += len(chunk)
+        return out
+
+    def evaluate(self, candidates: Sequence[Candidate], threshold: float | None = None,
+                 best_per_doc: np.ndarray | None = None,
+                 on_progress: Callable[[dict[str, list[float]]], None] | None = None) -> dict[str, list[float]]:
+        """{candidate key: per-document NLLs} — complete lists, or shorter ones for candidates raced out.
+
+        threshold: mean NLL of the current k-th best (a candidate provably-optimistically worse stops).
+        best_per_doc: (D,) best NLL of any fully scored candidate per document (the optimistic completion).
+        on_progress: called with the partial results after every round (for atomic state saves).
+        """
+        space, d_total = self.space, self.num_documents
+        results: dict[str, list[float]] = {}
+        for candidate in candidates:
+            key = space.key(candidate)
+            results[key] = self.cache.get(key) if self.cache else []
+            if results[key]:
+                self.stats["cache_hits"] += 1
+        by_key = {space.key(c): c for c in candidates}
+        alive = set(by_key)
+        for doc in range(d_total):
+            if self.racing and threshold is not None and best_per_doc is not None and doc > 0:
+                for key in sorted(alive):
+                    nll = results[key]
+                    if len(nll) == d_total:
+                        continue
+                    optimistic = (sum(nll[:doc]) + float(np.sum(best_per_doc[doc:]))) / d_total
+                    if optimistic > threshold:
+                        alive.discard(key)
+                        self.stats["doc_evals_saved"] += d_total - len(nll)
+            todo = [key for key in sorted(alive) if len(results[key]) == doc]
+            if todo:
+                scores = self._score_items([(by_key[k], doc) for k in todo])
+                for key, value in zip(todo, scores):
+                    results[key].append(value)
+                    if self.cache:
+                        self.cache.put(key, results[key])
+            if on_progress is not None:
+                on_progress(results)
+        self.stats["evaluations"] += len(candidates)
+        return results
+
+
+def perplexity_of(nll: Sequence[float], num_documents: int) -> float:
+    """Fitness (perplexity) of complete per-document NLLs; inf for a candidate raced out early."""
+    return float(np.exp(np.mean(nll))) if len(nll) == num_documents else float("inf")

@@ -1,0 +1,120 @@
+"""`experiments.search`: everything around the loop — model, data splits, seeds, cache, outputs and the verdict.
+
+Outputs in the workdir: factors.json, factors.csv (one λ per line, the reference format), rope_scaling.json
+(HF longrope block), factors.png (best λ vs PI/NTK/YaRN), fitness.png (best/median per generation) and
+summary.json (target, budget, search and held-out documents, per-method perplexity on the held-out documents).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from longrope_jax.cache import cache_dir
+from longrope_jax.data.documents import first_documents, random_windows
+from longrope_jax.data.sources import load_token_documents, text_source
+from longrope_jax.eval import methods as rope_methods
+from longrope_jax.eval import plots
+from longrope_jax.eval.perplexity import PerplexityEvaluator
+from longrope_jax.eval.runner import as_list
+from longrope_jax.io import write_json_atomic, write_text_atomic
+from longrope_jax.loading import load_from_config
+from longrope_jax.model.config import config_to_dict
+from longrope_jax.rope import longrope_spec
+from longrope_jax.search.fitness import FitnessCache, FitnessEvaluator, fingerprint
+from longrope_jax.search.runner import best_candidate, run_generations
+from longrope_jax.search.space import space_from_config
+
+SEED_METHODS = ("pi", "ntk", "yarn")
+
+
+def scaled_budget(search_cfg: Any) -> dict[str, int]:
+    """Population / generations / parents / mutants / crossovers after `evo_scale` (small budgets keep ratios)."""
+    scale = float(search_cfg.evo_scale)
+    size = {k: max(1, int(round(int(search_cfg[k]) * scale)))
+            for k in ("population", "parents", "mutants", "crossovers")}
+    size["population"] = max(size["population"], 4)
+    size["parents"] = min(max(size["parents"], 2), size["population"])
+    size["generations"] = max(0, int(round(int(search_cfg.generations) * scale)))
+    return size
+
+
+def run_search(config: Any, workdir: str | Path, model_bundle=None) -> dict:
+    """Searches LongRoPE factors for config.search.target_length; returns summary.json's content."""
+    workdir = Path(workdir)
+    search_cfg = config.search.copy_and_resolve_references()
+    search_cfg.update(scaled_budget(config.search))
+    model, cfg, tokenizer = model_bundle or load_from_config(config.model)
+    base = cfg.rope
+    original = rope_methods.original_length(base)
+    target = int(search_cfg.target_length)
+    scale = target / original
+    # The attention scale belongs to the final long context (Phi-3 rule: one scale for short and long factors).
+    scale_target = int(search_cfg.scale_target or target)
+    spec_for_scale = longrope_spec(base, [1.0] * base.half_dim, max_position_embeddings=max(scale_target,
+                                                                                            original + 1))
+    from longrope_jax.rope import attention_scale, default_inv_freq
+    mscale = attention_scale(spec_for_scale)
+    space = space_from_config(search_cfg, base.half_dim, max(scale, 1.0), base.rotary_dim, base.theta, original)
+
+    search_docs = load_token_documents(text_source(config.data, config.data.search_split), tokenizer)
+    add_bos = bool(config.data.add_bos)
+    if search_cfg.windows:
+        documents, where = random_windows(search_docs, target, int(search_cfg.documents), int(search_cfg.seed),
+                                          add_bos, cfg.bos_token_id)
+        used = [f"{name}@{start}" for name, start in where]
+    else:
+        documents, used = first_documents(search_docs, target, int(search_cfg.documents), add_bos, cfg.bos_token_id)
+    seeds = [np.asarray(rope_methods.method_factors_table(base, target, SEED_METHODS)[m]) for m in SEED_METHODS]
+    model_id = fingerprint(config_to_dict(cfg)["rope"], np.asarray(model.embed_tokens[...][:4]),
+                           np.asarray(model.layers.self_attn.q_proj[...][0, :4]))
+    namespace = fingerprint(model_id, documents, target, round(mscale, 9), space.kind, space.critical_dim)
+    cache = FitnessCache(search_cfg.cache or cache_dir("search") / "fitness.sqlite", namespace)
+    evaluator = FitnessEvaluator(model, documents, space, mscale, default_inv_freq(base.theta, base.rotary_dim),
+                                 int(search_cfg.batch_size), cache, bool(search_cfg.racing))
+    state_fingerprint = {"namespace": namespace, "seed": int(search_cfg.seed),
+                         "budget": scaled_budget(config.search), "space": repr(space)}
+    state = run_generations(evaluator, space, seeds, search_cfg, workdir, state_fingerprint)
+    best, best_ppl = best_candidate(state)
+    summary = _write_outputs(config, workdir, cfg, best, best_ppl, state, mscale, target, seeds, used, evaluator)
+    if search_cfg.verdict_documents:
+        summary["verdict"] = _verdict(config, model, cfg, tokenizer, workdir / "rope_scaling.json", target)
+        write_json_atomic(workdir / "summary.json", summary)
+    return summary
+
+
+def _write_outputs(config, workdir, cfg, best, best_ppl, state, mscale, target, seeds, used, evaluator) -> dict:
+    factors = best.array
+    block = longrope_spec(cfg.rope, factors.tolist(), max_position_embeddings=target,
+                          attention_factor=mscale, n_hat=best.n_hat).to_hf()
+    write_json_atomic(workdir / "rope_scaling.json", block)
+    write_json_atomic(workdir / "factors.json", {"long_factor": factors.tolist(), "n_hat": best.n_hat,
+                                                 "perplexity": best_ppl, "target_length": target})
+    write_text_atomic(workdir / "factors.csv", "".join(f"{v:.6g}\n" for v in factors))
+    plots.plot_factors({"searched": factors, **dict(zip(SEED_METHODS, seeds))}, workdir / "factors.png",
+                       title=f"Searched factors vs PI/NTK/YaRN at {target} tokens")
+    history = state["history"]
+    plots.plot_fitness(history, workdir / "fitness.png")
+    summary = {"target_length": target, "original_length": rope_methods.original_length(cfg.rope),
+               "budget": scaled_budget(config.search), "space": config.search.space,
+               "search_documents": used, "best_perplexity": best_ppl, "best_n_hat": best.n_hat,
+               "attention_factor": mscale, "generations_done": state["generation"], "stats": state["stats"]}
+    write_json_atomic(workdir / "summary.json", summary)
+    return summary
+
+
+def _verdict(config, model, cfg, tokenizer, factors_path: Path, target: int) -> dict:
+    """Per-method perplexity on held-out documents the search never saw."""
+    docs = load_token_documents(text_source(config.data, config.data.held_out_split), tokenizer)
+    tokens, names = first_documents(docs, target, int(config.search.verdict_documents), bool(config.data.add_bos),
+                                    cfg.bos_token_id)
+    methods = [m for m in as_list(config.search.verdict_methods)] + ["longrope"]
+    specs = [rope_methods.method_spec(cfg.rope, m, target, factors_path) for m in methods]
+    ppl = PerplexityEvaluator(model).perplexity(tokens, specs)
+    table = {("searched" if m == "longrope" else m): float(p) for m, p in zip(methods, ppl)}
+    finite = {m: p for m, p in table.items() if math.isfinite(p)}
+    return {"held_out_documents": names, "length": target, "perplexity": table,
+            "best_method": min(finite, key=finite.get) if finite else None}

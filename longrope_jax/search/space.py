@@ -1,0 +1,164 @@
+"""Search spaces of LongRoPE factors and the candidate representation.
+
+A candidate is λ (d/2 factors on a 0.01 grid) plus n̂; the space decides which λ are legal:
+  dim_mono        λ monotone non-decreasing within [lower, upper]
+  dim_piece_mono  integer genes α < β: λ_i = 1 for i <= α, λ_i = s for i > β, monotone in [1, s] between
+  longrope2       critical dimension cd: λ_i = λ_cd^(i/cd) below cd; at and above cd strictly increasing within
+                  [s, upper], and the last factor at most 4 above the one before it
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from longrope_jax.errors import ConfigError
+
+SPACES = ("dim_mono", "dim_piece_mono", "longrope2")
+N_HAT_CHOICES = (0, 1, 2, 4, 8, 12, 16, 20, 24, 28, 32, 48, 64, 96, 128, 160, 192, 224, 256)
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    """One point of the search: factors λ (d/2,), n̂, and for dim_piece_mono the genes α < β."""
+
+    factors: tuple[float, ...]
+    n_hat: int = 0
+    alpha: int = -1
+    beta: int = -1
+
+    @property
+    def array(self) -> np.ndarray:
+        return np.asarray(self.factors, np.float64)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"factors": list(self.factors), "n_hat": self.n_hat, "alpha": self.alpha, "beta": self.beta}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Candidate":
+        return cls(tuple(float(v) for v in data["factors"]), int(data.get("n_hat", 0)), int(data.get("alpha", -1)),
+                   int(data.get("beta", -1)))
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSpace:
+    """Legal candidates. `scale` is s = target / original length; grid is the factor quantum (0.01)."""
+
+    kind: str
+    half_dim: int
+    scale: float
+    lower: float = 1.0
+    upper: float = 0.0  # 0 -> 1.25·s
+    grid: float = 0.01
+    n_hat_choices: tuple[int, ...] = (0,)
+    critical_dim: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in SPACES:
+            raise ConfigError(f"unknown search space {self.kind!r}; use one of {', '.join(SPACES)}")
+        if self.upper == 0.0:
+            object.__setattr__(self, "upper", round(1.25 * self.scale, 2))
+        if not 1.0 <= self.lower <= self.upper:
+            raise ConfigError(f"search bounds must satisfy 1 <= lower <= upper, got [{self.lower}, {self.upper}]")
+        if any(n < 0 for n in self.n_hat_choices) or not self.n_hat_choices:
+            raise ConfigError("search.n_hat_choices must be non-empty and >= 0")
+        if self.kind == "longrope2":
+            if self.critical_dim is None or not 0 < self.critical_dim < self.half_dim - 1:
+                raise ConfigError(f"longrope2 needs a critical_dim in (0, {self.half_dim - 1}), "
+                                  f"got {self.critical_dim}")
+            if self.upper < self.scale + self.grid * (self.half_dim - self.critical_dim):
+                raise ConfigError(f"longrope2: upper bound {self.upper} leaves no room for strictly increasing "
+                                  f"factors from s={self.scale}; raise search.upper")
+
+    # ------------------------------------------------------------------ grid
+    def quantize(self, values: np.ndarray) -> np.ndarray:
+        return np.round(np.asarray(values, np.float64) / self.grid) * self.grid
+
+    def key(self, candidate: Candidate) -> str:
+        """Grid-quantised identity of a candidate: equal keys <=> the same point (O(1) duplicate checks)."""
+        steps = np.round(candidate.array / self.grid).astype(np.int64)
+        return f"{candidate.n_hat}|{candidate.alpha}|{candidate.beta}|" + ",".join(map(str, steps))
+
+    # ------------------------------------------------------------------ legality
+    def is_valid(self, candidate: Candidate) -> bool:
+        lam = candidate.array
+        eps = 1e-9
+        if lam.shape != (self.half_dim,) or not np.all(np.isfinite(lam)):
+            return False
+        if candidate.n_hat not in self.n_hat_choices:
+            return False
+        on_grid = np.allclose(lam, self.quantize(lam), atol=1e-9)
+        if self.kind == "dim_mono":
+            return bool(on_grid and lam.min() >= self.lower - eps and lam.max() <= self.upper + eps
+                        and np.all(np.diff(lam) >= -eps))
+        if self.kind == "dim_piece_mono":
+            a, b = candidate.alpha, candidate.beta
+            if not -1 <= a < b <= self.half_dim - 1:
+                return False
+            middle = lam[a + 1:b + 1]
+            return bool(on_grid and np.all(np.abs(lam[:a + 1] - 1.0) < eps)
+                        and np.all(np.abs(lam[b + 1:] - self.quantize(self.scale)) < eps)
+                        and np.all(middle >= 1.0 - eps) and np.all(middle <= self.scale + eps)
+                        and np.all(np.diff(lam) >= -eps))
+        cd = self.critical_dim
+        upper = lam[cd:]
+        expected_lower = upper[0] ** (np.arange(cd) / cd)
+        return bool(np.allclose(lam[:cd], expected_lower, rtol=1e-9)
+                    and np.allclose(upper, self.quantize(upper), atol=1e-9)
+                    and upper.min() >= self.quantize(self.scale) - eps and upper.max() <= self.upper + eps
+                    and np.all(np.diff(upper) > self.grid / 2) and upper[-1] - upper[-2] <= 4.0 + eps)
+
+    # ------------------------------------------------------------------ projection (seeding, repair)
+    def project(self, factors: np.ndarray, n_hat: int = 0) -> Candidate:
+        """The nearest legal candidate to arbitrary factors (used to seed from PI/NTK/YaRN)."""
+        lam = np.asarray(factors, np.float64).copy()
+        n_hat = min(self.n_hat_choices, key=lambda c: abs(c - n_hat))
+        if self.kind == "dim_mono":
+            lam = np.maximum.accumulate(np.clip(self.quantize(lam), self.lower, self.upper))
+            return Candidate(tuple(lam), n_hat)
+        if self.kind == "dim_piece_mono":
+            s = float(self.quantize(self.scale))
+            lam = np.maximum.accumulate(np.clip(self.quantize(lam), 1.0, s))
+            alpha = int(np.sum(lam <= 1.0 + 1e-9)) - 1
+            beta = max(alpha + 1, self.half_dim - int(np.sum(lam >= s - 1e-9)))
+            beta = min(beta, self.half_dim - 1)
+            lam[:alpha + 1], lam[beta + 1:] = 1.0, s
+            return Candidate(tuple(lam), n_hat, alpha, beta)
+        return self.longrope2_candidate(lam[self.critical_dim:], n_hat)
+
+    def longrope2_candidate(self, upper_factors: np.ndarray, n_hat: int = 0) -> Candidate:
+        """Repairs factors at and above cd into the longrope2 constraints and derives the ones below cd."""
+        cd, g = self.critical_dim, self.grid
+        upper = self.quantize(np.asarray(upper_factors, np.float64))
+        count = len(upper)
+        low = float(self.quantize(self.scale))
+        # Strictly increasing on the grid, inside [s, upper]: clamp each value between its predecessor + g and
+        # the largest value that still leaves room for the rest.
+        out = np.empty(count)
+        for i in range(count):
+            floor = low if i == 0 else out[i - 1] + g
+            ceiling = self.upper - g * (count - 1 - i)
+            out[i] = min(max(upper[i], floor), ceiling)
+        if count >= 2 and out[-1] - out[-2] > 4.0:
+            out[-1] = out[-2] + 4.0
+        out = self.quantize(out)
+        lower = out[0] ** (np.arange(cd) / cd)
+        return Candidate(tuple(np.concatenate([lower, out])), n_hat)
+
+
+def space_from_config(search_cfg: Any, half_dim: int, scale: float, rotary_dim: int, theta: float,
+                      original_length: int) -> SearchSpace:
+    """A SearchSpace from the `search` config section."""
+    from longrope_jax.rope import critical_dimension
+
+    critical = None
+    if search_cfg.space == "longrope2":
+        critical = int(search_cfg.critical_dim) if search_cfg.critical_dim else critical_dimension(
+            rotary_dim, theta, original_length)
+    choices = tuple(int(n) for n in search_cfg.n_hat_choices) if search_cfg.search_n_hat else (0,)
+    return SearchSpace(kind=search_cfg.space, half_dim=half_dim, scale=float(scale), lower=float(search_cfg.lower),
+                       upper=float(search_cfg.upper), grid=float(search_cfg.grid), n_hat_choices=choices,
+                       critical_dim=critical)
+

@@ -1,0 +1,155 @@
+"""Evolutionary search: legal operators (property tests), racing, cache, batching, and exact resume after SIGKILL."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from longrope_jax.errors import ConfigError
+from longrope_jax.rope import from_hf_config, method_factors
+from longrope_jax.search import operators
+from longrope_jax.search.job import run_search
+from longrope_jax.search.space import N_HAT_CHOICES, Candidate, SearchSpace
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = from_hf_config(dict(head_dim=64, hidden_size=576, num_attention_heads=9, max_position_embeddings=8192,
+                           rope_theta=1e5))
+SPACES = {
+    "dim_mono": dict(),
+    "dim_piece_mono": dict(),
+    "longrope2": dict(critical_dim=19, upper=6.0),
+}
+
+
+def make_space(kind: str, scale: float = 2.0) -> SearchSpace:
+    return SearchSpace(kind, 32, scale, n_hat_choices=N_HAT_CHOICES, **SPACES[kind])
+
+
+def seeds(scale: float):
+    return [method_factors(BASE, m, scale) for m in ("pi", "ntk", "yarn")]
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.sampled_from(sorted(SPACES)), st.integers(0, 2**31 - 1), st.sampled_from([1.5, 2.0, 4.0]))
+def test_every_produced_candidate_is_legal(kind, seed, scale):
+    space = make_space(kind, scale)
+    key = jax.random.key(seed)
+    population = operators.initial_population(key, seeds(scale), space, 12)
+    assert len(population) == 12 and all(space.is_valid(c) for c in population)
+    assert len({space.key(c) for c in population}) == 12
+    seen = {space.key(c) for c in population}
+    children = operators.next_candidates(jax.random.fold_in(key, 1), population, space, seen, 6, 4, 4)
+    assert children and all(space.is_valid(c) for c in children)
+    assert not {space.key(c) for c in children} & {space.key(c) for c in population}  # never re-evaluated
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.floats(0.5, 20.0), min_size=32, max_size=32), st.sampled_from(sorted(SPACES)))
+def test_projection_repairs_anything_into_the_space(values, kind):
+    space = make_space(kind, 4.0)
+    assert space.is_valid(space.project(np.asarray(values), n_hat=7))
+
+
+def test_operators_are_pure_functions_of_the_key():
+    space = make_space("dim_mono")
+    parent = space.project(seeds(2.0)[2])
+    assert operators.mutate(jax.random.key(3), parent, space) == operators.mutate(jax.random.key(3), parent, space)
+    assert operators.mutate(jax.random.key(3), parent, space) != operators.mutate(jax.random.key(4), parent, space)
+    other = space.project(seeds(2.0)[0])
+    child = operators.crossover(jax.random.key(5), parent, other, space)
+    assert all(v in (a, b) for v, a, b in zip(child.factors, parent.factors, other.factors)) or space.is_valid(child)
+
+
+def test_invalid_candidates_are_rejected():
+    space = make_space("dim_mono")
+    assert not space.is_valid(Candidate(tuple([2.0, 1.5] + [2.0] * 30)))  # not monotone
+    assert not space.is_valid(Candidate(tuple([1.0] * 31 + [9.0])))  # above the bound
+    assert not space.is_valid(Candidate(tuple([1.005] * 32)))  # off the grid
+    with pytest.raises(ConfigError, match="unknown search space"):
+        SearchSpace("dim_random", 32, 2.0)
+
+
+def tiny(**search):
+    sys.path.insert(0, str(ROOT))
+    from configs.tiny import get_config
+    config = get_config()
+    config.search.update(search)
+    return config
+
+
+def test_racing_returns_the_same_result_as_full_evaluation(tmp_path):
+    raced = run_search(tiny(racing=True, cache=str(tmp_path / "a.sqlite"), documents=3), tmp_path / "raced")
+    full = run_search(tiny(racing=False, cache=str(tmp_path / "b.sqlite"), documents=3), tmp_path / "full")
+    assert json.loads((tmp_path / "raced" / "factors.json").read_text())["long_factor"] == \
+        json.loads((tmp_path / "full" / "factors.json").read_text())["long_factor"]
+    assert raced["best_perplexity"] == pytest.approx(full["best_perplexity"], rel=1e-6)
+    assert raced["stats"]["doc_evals_saved"] > 0 and full["stats"]["doc_evals_saved"] == 0
+    assert raced["stats"]["doc_evals"] + raced["stats"]["doc_evals_saved"] == full["stats"]["doc_evals"]
+
+
+def test_cache_serves_a_second_run_without_any_evaluation(tmp_path):
+    first = run_search(tiny(cache=str(tmp_path / "c.sqlite")), tmp_path / "one")
+    second = run_search(tiny(cache=str(tmp_path / "c.sqlite")), tmp_path / "two")
+    assert second["stats"]["doc_evals"] == 0 and second["stats"]["cache_hits"] == second["stats"]["evaluations"]
+    assert second["best_perplexity"] == first["best_perplexity"]
+    for name in ("rope_scaling.json", "factors.csv", "factors.png", "fitness.png", "summary.json"):
+        assert (tmp_path / "two" / name).exists()
+    block = json.loads((tmp_path / "two" / "rope_scaling.json").read_text())
+    assert block["rope_type"] == "longrope" and len(block["long_factor"]) == 4
+    assert set(second["verdict"]["perplexity"]) == {"none", "pi", "ntk", "dynamic", "yarn", "searched"}
+    with pytest.raises(ConfigError, match="different settings"):
+        run_search(tiny(cache=str(tmp_path / "c.sqlite"), seed=9), tmp_path / "two")
+
+
+def test_batched_scores_equal_one_candidate_at_a_time(tmp_path):
+    a = run_search(tiny(batch_size=4, racing=False, cache=str(tmp_path / "x.sqlite")), tmp_path / "b4")
+    b = run_search(tiny(batch_size=1, racing=False, cache=str(tmp_path / "y.sqlite")), tmp_path / "b1")
+    state_a = json.loads((tmp_path / "b4" / "search_state.json").read_text())
+    state_b = json.loads((tmp_path / "b1" / "search_state.json").read_text())
+    nll_a = {e["key"]: e["nll"] for e in state_a["population"]}
+    nll_b = {e["key"]: e["nll"] for e in state_b["population"]}
+    assert nll_a.keys() == nll_b.keys()
+    for key in nll_a:
+        np.testing.assert_allclose(nll_a[key], nll_b[key], atol=1e-5)
+    assert a["best_perplexity"] == pytest.approx(b["best_perplexity"], rel=1e-5)
+
+
+def test_search_killed_mid_generation_resumes_to_identical_factors(tmp_path):
+    args = ["--config.search.generations=64", "--config.search.racing=False"]  # 8 generations at evo_scale 1/8
+
+    def command(workdir, cache):
+        return [sys.executable, "-m", "experiments.search", "--config", "configs/tiny.py", "--workdir",
+                str(workdir), f"--config.search.cache={cache}", "--config.search.verdict_documents=0", *args]
+
+    done = subprocess.run(command(tmp_path / "clean", tmp_path / "clean.sqlite"), cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    process = subprocess.Popen(command(tmp_path / "killed", tmp_path / "killed.sqlite"), cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state_path = tmp_path / "killed" / "search_state.json"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if state_path.exists():
+            state = json.loads(state_path.read_text())
+            if state["generation"] >= 3 and state["pending"] is not None:
+                break
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_state = json.loads(state_path.read_text())
+    assert killed_state["generation"] < 9  # it really stopped early
+    resumed = subprocess.run(command(tmp_path / "killed", tmp_path / "killed.sqlite"), cwd=ROOT,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    clean = json.loads((tmp_path / "clean" / "factors.json").read_text())
+    again = json.loads((tmp_path / "killed" / "factors.json").read_text())
+    assert again["long_factor"] == clean["long_factor"] and again["n_hat"] == clean["n_hat"]
+    assert again["perplexity"] == clean["perplexity"]
