@@ -31,4 +31,11 @@ def base_config() -> ml_collections.ConfigDict:
         search_n_hat=True, n_hat_choices=N_HAT_CHOICES, critical_dim=0, seed=0, documents=3, windows=True,
         batch_size=4, racing=True, cache="", verdict_documents=1,
         verdict_methods=("none", "pi", "ntk", "dynamic", "yarn")))
+    # Fine-tuning (LongRoPE: e.g. 400 steps at 128k then 600 at 256k for Llama-2 7B). mesh = (data, fsdp, tensor,
+    # context). long_ratio < 1 mixes short original-RoPE batches in (LongRoPE2 mixed context windows).
+    config.finetune = ml_collections.ConfigDict(dict(
+        steps=40, seq_len=16384, short_seq_len=8192, target_length=0, batch_size=1, grad_accum=1,
+        learning_rate=2e-5, warmup_steps=4, final_lr_fraction=0.1, weight_decay=0.0, grad_clip=1.0,
+        long_ratio=1.0, factors="", rope_method="yarn", seed=0, mesh=(1, 1, 1, 1), checkpoint_every=10,
+        keep_checkpoints=2, async_checkpoints=True, stop_after=0))
     return config

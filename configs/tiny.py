@@ -19,4 +19,7 @@ def get_config(variant: str = ""):
     config.search.evo_scale = 0.125  # population 8, 5 generations, 2 mutants + 2 crossovers from the top 4
     config.search.documents = 2
     config.search.batch_size = 4
+    config.finetune.update(dict(steps=12, seq_len=128, short_seq_len=64, batch_size=8, learning_rate=3e-3,
+                                warmup_steps=2, checkpoint_every=4, long_ratio=0.5))
+    config.data.train_split = "train"
     return config

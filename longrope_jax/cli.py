@@ -10,6 +10,9 @@ from longrope_jax.errors import LongRopeError
 
 def run_main(main: Callable[[], int | None]) -> None:
     """Runs `main`; LongRopeError / ValueError from bad input print `error: ...` and exit 1."""
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every save step at INFO
     try:
         code = main()
     except (LongRopeError, ValueError, FileNotFoundError) as err:

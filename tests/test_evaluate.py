@@ -49,16 +49,22 @@ def test_batch_of_8_candidates_equals_8_separate_evaluations(smollm2):
     assert len(set(np.round(batched, 4))) == 8  # the candidates really differ
 
 
+@pytest.fixture(scope="module")
+def reference(smollm2):
+    path = smollm2[0]
+    return transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                             dtype=torch.float32).eval()
+
+
 @pytest.mark.parametrize("method", ["pi", "dynamic", "yarn", "ntk"])
-def test_method_perplexity_matches_transformers(smollm2, method):
+def test_method_perplexity_matches_transformers(smollm2, reference, method):
     """Each method at a 4x target, applied to the real model, scored on 1,024 tokens of Emma."""
-    path, model, cfg, tokens = smollm2
+    import copy
+    _, model, cfg, tokens = smollm2
     length, target = 1024, 32768
     spec = rope_methods.method_spec(cfg.rope, method, target)
     ours = PerplexityEvaluator(model).perplexity(tokens[None, :length], [spec])[0]
-    reference = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
-                                                                  dtype=torch.float32).eval()
-    hf_config = reference.config
+    hf_config = copy.deepcopy(reference.config)
     hf_config.rope_parameters = {**spec.to_hf(), "rope_theta": spec.to_hf()["rope_theta"]}
     if method in ("pi", "dynamic"):
         hf_config.max_position_embeddings = cfg.rope.max_position_embeddings

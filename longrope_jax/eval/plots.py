@@ -74,3 +74,17 @@ def plot_fitness(history, path: str | Path, title: str = "") -> Path:
     axis.grid(True, alpha=0.3)
     axis.legend()
     return save_figure_atomic(figure, path)
+
+
+def plot_losses(records, path: str | Path, title: str = "") -> Path:
+    """records: [{"step", "loss", "kind"}] (metrics.jsonl); one series per batch kind (short / long)."""
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for kind in sorted({r.get("kind", "train") for r in records}):
+        points = [(r["step"], r["loss"]) for r in records if r.get("kind", "train") == kind]
+        axis.plot([p[0] for p in points], [p[1] for p in points], marker=".", label=f"{kind} batches")
+    axis.set_xlabel("step")
+    axis.set_ylabel("training loss (NLL per token)")
+    axis.set_title(title or "Fine-tuning loss")
+    axis.grid(True, alpha=0.3)
+    axis.legend()
+    return save_figure_atomic(figure, path)

@@ -60,3 +60,16 @@ def model_from_params(cfg: ModelConfig, params: dict[str, Any], shardings: dict[
                               f"unexpected {sorted(set(flat) - expected)[:4]}")
     nnx.replace_by_pure_dict(state, unflatten(flat))
     return nnx.merge(graphdef, state)
+
+
+def split_params(model: Transformer) -> tuple[Any, Any, dict[str, Any]]:
+    """(graphdef, state template, nested pure-dict params) — params are what optax and Orbax see."""
+    graphdef, state = nnx.split(model)
+    return graphdef, state, nnx.to_pure_dict(state)
+
+
+def merge_params(graphdef: Any, template: Any, params: dict[str, Any]) -> Transformer:
+    """The model for nested pure-dict params (works under jit: the template is copied, never mutated)."""
+    state = jax.tree.map(lambda x: x, template)
+    nnx.replace_by_pure_dict(state, params)
+    return nnx.merge(graphdef, state)

@@ -1,0 +1,36 @@
+"""Fine-tune with rescaled RoPE on long (and optionally mixed short) sequences; rerun the command to resume.
+
+  python -m experiments.finetune --config configs/smollm2_135m.py --workdir runs/ft16k \
+      --config.finetune.factors=runs/search16k/rope_scaling.json --config.finetune.mesh=1,4,2,1
+"""
+
+from __future__ import annotations
+
+import json
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from longrope_jax.cli import run_main
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/smollm2_135m.py", "ml_collections config file")
+_WORKDIR = flags.DEFINE_string("workdir", None, "checkpoints, metrics.jsonl, loss.png; default runs/<name>/finetune")
+
+
+def main(argv) -> None:
+    del argv
+
+    def finetune() -> None:
+        from longrope_jax.train.job import run_finetune
+
+        config = _CONFIG.value
+        workdir = _WORKDIR.value or f"runs/{config.name}/finetune"
+        summary = run_finetune(config, workdir)
+        print(json.dumps({k: summary[k] for k in ("steps", "first_loss", "last_loss")}))
+        print(f"fine-tuned model in {workdir}/model")
+
+    run_main(finetune)
+
+
+if __name__ == "__main__":
+    app.run(main)
