@@ -29,7 +29,7 @@ def base_config() -> ml_collections.ConfigDict:
         target_length=16384, scale_target=0, space="dim_mono", population=64, generations=40, parents=32,
         mutants=16, crossovers=16, mutation_p=0.3, evo_scale=1.0, lower=1.0, upper=0.0, grid=0.01,
         search_n_hat=True, n_hat_choices=N_HAT_CHOICES, critical_dim=0, seed=0, documents=3, windows=True,
-        batch_size=4, racing=True, cache="", verdict_documents=1,
+        batch_size=4, racing=True, cache="", verdict_documents=1, base_factors="", base_length=0,
         verdict_methods=("none", "pi", "ntk", "dynamic", "yarn")))
     # Fine-tuning (LongRoPE: e.g. 400 steps at 128k then 600 at 256k for Llama-2 7B). mesh = (data, fsdp, tensor,
     # context). long_ratio < 1 mixes short original-RoPE batches in (LongRoPE2 mixed context windows).
@@ -38,4 +38,8 @@ def base_config() -> ml_collections.ConfigDict:
         learning_rate=2e-5, warmup_steps=4, final_lr_fraction=0.1, weight_decay=0.0, grad_clip=1.0,
         long_ratio=1.0, factors="", rope_method="yarn", seed=0, mesh=(1, 1, 1, 1), checkpoint_every=10,
         keep_checkpoints=2, async_checkpoints=True, stop_after=0))
+    # The progressive pipeline (experiments.extend): first_target for λ1 + fine-tuning, final_target for λ2.
+    config.pipeline = ml_collections.ConfigDict(dict(
+        stages="search_long,finetune,search_final,search_short,export,report", first_target=16384,
+        final_target=32768, short_length=0, short_upper=1.25, short_evo_scale=0.125))
     return config

@@ -22,4 +22,8 @@ def get_config(variant: str = ""):
     config.finetune.update(dict(steps=12, seq_len=128, short_seq_len=64, batch_size=8, learning_rate=3e-3,
                                 warmup_steps=2, checkpoint_every=4, long_ratio=0.5))
     config.data.train_split = "train"
+    config.pipeline.first_target = 128
+    config.pipeline.final_target = 256
+    config.pipeline.short_evo_scale = 0.125
+    config.eval.lengths = (64, 128, 256)
     return config

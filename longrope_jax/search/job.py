@@ -23,7 +23,7 @@ from longrope_jax.eval.runner import as_list
 from longrope_jax.io import write_json_atomic, write_text_atomic
 from longrope_jax.loading import load_from_config
 from longrope_jax.model.config import config_to_dict
-from longrope_jax.rope import longrope_spec
+from longrope_jax.rope import RopeSpec, longrope_spec
 from longrope_jax.search.fitness import FitnessCache, FitnessEvaluator, fingerprint
 from longrope_jax.search.runner import best_candidate, run_generations
 from longrope_jax.search.space import space_from_config
@@ -58,6 +58,14 @@ def run_search(config: Any, workdir: str | Path, model_bundle=None) -> dict:
                                                                                             original + 1))
     from longrope_jax.rope import attention_scale, default_inv_freq
     mscale = attention_scale(spec_for_scale)
+    # Progressive extension: λ2 is searched on top of fixed λ1 (base_factors, searched for base_length), the
+    # candidates divide the already-rescaled frequencies, and the saved factors are λ2 ⊙ λ1.
+    base_factors = np.ones(base.half_dim)
+    base_length = original
+    if search_cfg.base_factors:
+        base_factors = np.asarray(rope_methods.read_factors(search_cfg.base_factors)["long_factor"], np.float64)
+        base_length = int(search_cfg.base_length or original)
+    scale = target / base_length
     space = space_from_config(search_cfg, base.half_dim, max(scale, 1.0), base.rotary_dim, base.theta, original)
 
     search_docs = load_token_documents(text_source(config.data, config.data.search_split), tokenizer)
@@ -68,26 +76,31 @@ def run_search(config: Any, workdir: str | Path, model_bundle=None) -> dict:
         used = [f"{name}@{start}" for name, start in where]
     else:
         documents, used = first_documents(search_docs, target, int(search_cfg.documents), add_bos, cfg.bos_token_id)
-    seeds = [np.asarray(rope_methods.method_factors_table(base, target, SEED_METHODS)[m]) for m in SEED_METHODS]
+    seed_base = RopeSpec(head_dim=base.head_dim, theta=base.theta, partial_rotary_factor=base.partial_rotary_factor,
+                         max_position_embeddings=base_length)
+    seeds = [np.asarray(v) for v in rope_methods.method_factors_table(seed_base, target, SEED_METHODS).values()]
     model_id = fingerprint(config_to_dict(cfg)["rope"], np.asarray(model.embed_tokens[...][:4]),
                            np.asarray(model.layers.self_attn.q_proj[...][0, :4]))
-    namespace = fingerprint(model_id, documents, target, round(mscale, 9), space.kind, space.critical_dim)
+    namespace = fingerprint(model_id, documents, target, round(mscale, 9), space.kind, space.critical_dim,
+                            base_factors)
     cache = FitnessCache(search_cfg.cache or cache_dir("search") / "fitness.sqlite", namespace)
-    evaluator = FitnessEvaluator(model, documents, space, mscale, default_inv_freq(base.theta, base.rotary_dim),
+    evaluator = FitnessEvaluator(model, documents, space, mscale,
+                                 default_inv_freq(base.theta, base.rotary_dim) / base_factors,
                                  int(search_cfg.batch_size), cache, bool(search_cfg.racing))
     state_fingerprint = {"namespace": namespace, "seed": int(search_cfg.seed),
                          "budget": scaled_budget(config.search), "space": repr(space)}
     state = run_generations(evaluator, space, seeds, search_cfg, workdir, state_fingerprint)
     best, best_ppl = best_candidate(state)
-    summary = _write_outputs(config, workdir, cfg, best, best_ppl, state, mscale, target, seeds, used, evaluator)
+    summary = _write_outputs(config, workdir, cfg, best, best_ppl, state, mscale, target, seeds, used,
+                             base_factors)
     if search_cfg.verdict_documents:
         summary["verdict"] = _verdict(config, model, cfg, tokenizer, workdir / "rope_scaling.json", target)
         write_json_atomic(workdir / "summary.json", summary)
     return summary
 
 
-def _write_outputs(config, workdir, cfg, best, best_ppl, state, mscale, target, seeds, used, evaluator) -> dict:
-    factors = best.array
+def _write_outputs(config, workdir, cfg, best, best_ppl, state, mscale, target, seeds, used, base_factors) -> dict:
+    factors = best.array * base_factors
     block = longrope_spec(cfg.rope, factors.tolist(), max_position_embeddings=target,
                           attention_factor=mscale, n_hat=best.n_hat).to_hf()
     write_json_atomic(workdir / "rope_scaling.json", block)

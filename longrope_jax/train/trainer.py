@@ -61,7 +61,9 @@ class Trainer:
         self.graphdef, self.template, params = split_params(model)
         shardings = unflatten(param_shardings(model_cfg, self.mesh))
         self.param_shardings = shardings
-        self.params = jax.tree.map(lambda p, s: jax.device_put(jnp.asarray(p, jnp.float32), s), params, shardings)
+        # A real copy: the step donates its inputs, which must never be the caller's model arrays.
+        self.params = jax.tree.map(lambda p, s: jax.device_put(jnp.array(p, jnp.float32, copy=True), s),
+                                   params, shardings)
         self.optimizer = make_optimizer(train_cfg)
         # Moments inherit their parameter's sharding; scalars (step counts) are replicated on the whole mesh.
         opt_state = jax.jit(self.optimizer.init)(self.params)

@@ -1,0 +1,242 @@
+"""The progressive LongRoPE pipeline behind `python -m experiments.extend`.
+
+Stages (each skippable via config.pipeline.stages, recorded in <workdir>/manifest.json):
+  1 search_long   λ1 on the base model at pipeline.first_target
+  2 finetune      fine-tune with λ1 at finetune.seq_len (mixed short/long windows if finetune.long_ratio < 1)
+  3 search_final  λ2 on the fine-tuned model at pipeline.final_target; saved long factors are λ2 ⊙ λ1
+  4 search_short  short factors at the original length with a tight upper bound (short-context recovery)
+  5 export        HF directory (rope_scaling longrope) + Orbax copy
+  6 report        perplexity vs length for base / PI / YaRN / result, factor plots, report.md
+Stages hand over through files in the workdir. A rerun skips finished stages whose settings are unchanged,
+resumes the stage in progress (search and training resume exactly), and refuses to mix a finished stage made
+with other settings with new ones.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from longrope_jax.errors import ConfigError
+from longrope_jax.io import read_json, write_json_atomic, write_text_atomic
+
+STAGES = ("search_long", "finetune", "search_final", "search_short", "export", "report")
+MANIFEST = "manifest.json"
+
+
+def _section(config: Any, name: str) -> dict:
+    return json.loads(json.dumps(config[name].to_dict())) if name in config else {}
+
+
+class Pipeline:
+    def __init__(self, config: Any, workdir: str | Path):
+        self.config, self.workdir = config, Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.manifest = read_json(self.workdir / MANIFEST, default={"stages": {}})
+        self._bundle = None
+        stages = [s.strip() for s in (config.pipeline.stages.split(",") if isinstance(config.pipeline.stages, str)
+                                      else config.pipeline.stages)]
+        unknown = [s for s in stages if s not in STAGES]
+        if unknown:
+            raise ConfigError(f"unknown pipeline stages {unknown}; choose from {', '.join(STAGES)}")
+        self.enabled = [s for s in STAGES if s in stages]
+
+    # ------------------------------------------------------------------ bookkeeping
+    def _fingerprint(self, stage: str, inputs: dict) -> dict:
+        sections = {"search_long": ("model", "data", "search"), "finetune": ("model", "data", "finetune"),
+                    "search_final": ("data", "search"), "search_short": ("data", "search"),
+                    "export": (), "report": ("eval",)}[stage]
+        return json.loads(json.dumps({"pipeline": _section(self.config, "pipeline"),
+                                      **{s: _section(self.config, s) for s in sections}, "inputs": inputs}))
+
+    def _run_stage(self, stage: str, inputs: dict, body: Callable[[Path], dict]) -> dict:
+        entry = self.manifest["stages"].get(stage)
+        fingerprint = self._fingerprint(stage, inputs)
+        if entry and entry.get("status") == "done":
+            if entry["fingerprint"] == fingerprint:
+                print(f"[{stage}] already done, skipping")
+                return entry["outputs"]
+            changed = sorted(k for k in fingerprint if fingerprint[k] != entry["fingerprint"].get(k))
+            raise ConfigError(f"stage {stage} already finished in {self.workdir} with different settings "
+                              f"({', '.join(changed)}); use a new --workdir, or delete {self.workdir / stage} and "
+                              f"its manifest entry to redo it")
+        if entry and entry.get("fingerprint") != fingerprint:
+            raise ConfigError(f"stage {stage} was started in {self.workdir} with different settings; use a new "
+                              f"--workdir, or delete {self.workdir / stage} and its manifest entry")
+        self.manifest["stages"][stage] = {"status": "running", "fingerprint": fingerprint}
+        write_json_atomic(self.workdir / MANIFEST, self.manifest)
+        print(f"[{stage}] running")
+        start = time.time()
+        outputs = body(self.workdir / stage)
+        seconds = time.time() - start + float((entry or {}).get("seconds", 0))
+        self.manifest["stages"][stage] = {"status": "done", "fingerprint": fingerprint, "outputs": outputs,
+                                          "seconds": seconds}
+        write_json_atomic(self.workdir / MANIFEST, self.manifest)
+        return outputs
+
+    def _base_bundle(self):
+        if self._bundle is None:
+            from longrope_jax.loading import load_from_config
+            self._bundle = load_from_config(self.config.model)
+        return self._bundle
+
+    @staticmethod
+    def _model_dir_bundle(model_dir: str, model_section: Any):
+        from longrope_jax.loading import MODEL_OVERRIDES, load_model
+        from longrope_jax.tokenizer import load_tokenizer
+        overrides = {k: model_section[k] for k in MODEL_OVERRIDES if k in model_section}
+        model, cfg = load_model(model_dir, **overrides)
+        return model, cfg, load_tokenizer(model_dir)
+
+    def _search_config(self, **search) -> Any:
+        config = copy.deepcopy(self.config)
+        config.search.update(search)
+        return config
+
+    # ------------------------------------------------------------------ stages
+    def run(self) -> dict:
+        from longrope_jax.search.job import run_search
+        from longrope_jax.train.job import run_finetune
+
+        p, outputs = self.config.pipeline, {}
+        first, final = int(p.first_target), int(p.final_target)
+        base_model, base_cfg, _ = self._base_bundle()
+        original = base_cfg.rope.original_max_position_embeddings or base_cfg.rope.max_position_embeddings
+        long_factors = None  # path of the current long rope_scaling.json
+        if "search_long" in self.enabled:
+            out = self._run_stage("search_long", {}, lambda d: {"rope_scaling": str(d / "rope_scaling.json"),
+                                                                 **_summary(run_search(self._search_config(
+                                                                     target_length=first, scale_target=final,
+                                                                     verdict_documents=0), d, self._bundle))})
+            long_factors = out["rope_scaling"]
+        model_dir = None
+        if "finetune" in self.enabled:
+            if long_factors is None:
+                raise ConfigError("stage finetune needs search_long (the factors to train with)")
+            config = copy.deepcopy(self.config)
+            config.finetune.factors = long_factors
+            config.finetune.target_length = final
+            out = self._run_stage("finetune", {"factors": _digest(long_factors)},
+                                  lambda d: {"model_dir": str(d / "model"), **_summary(run_finetune(config, d,
+                                                                                                    self._bundle))})
+            model_dir = out["model_dir"]
+        bundle = self._model_dir_bundle(model_dir, self.config.model) if model_dir else self._base_bundle()
+        if "search_final" in self.enabled and final > first:
+            search = dict(target_length=final, scale_target=final, base_factors=long_factors or "",
+                          base_length=first if long_factors else 0, verdict_documents=0)
+            out = self._run_stage("search_final", {"factors": _digest(long_factors), "model": model_dir},
+                                  lambda d: {"rope_scaling": str(d / "rope_scaling.json"),
+                                             **_summary(run_search(self._search_config(**search), d, bundle))})
+            long_factors = out["rope_scaling"]
+        short_factors = None
+        if "search_short" in self.enabled:
+            search = dict(target_length=int(p.short_length or original), scale_target=final, space="dim_mono",
+                          upper=float(p.short_upper), base_factors="", base_length=0, verdict_documents=0,
+                          evo_scale=float(p.short_evo_scale), search_n_hat=False)
+            out = self._run_stage("search_short", {"model": model_dir},
+                                  lambda d: {"rope_scaling": str(d / "rope_scaling.json"),
+                                             **_summary(run_search(self._search_config(**search), d, bundle))})
+            short_factors = out["rope_scaling"]
+        if "export" in self.enabled:
+            if long_factors is None:
+                raise ConfigError("stage export needs searched long factors (enable search_long)")
+            outputs["export"] = self._run_stage(
+                "export", {"long": _digest(long_factors), "short": _digest(short_factors), "model": model_dir},
+                lambda d: _export(bundle, long_factors, short_factors, final, d))
+        if "report" in self.enabled and "export" in outputs:
+            outputs["report"] = self._run_stage("report", {"export": outputs["export"]},
+                                                lambda d: _report(self.config, self._base_bundle(),
+                                                                  outputs["export"], self.manifest, d))
+        return outputs
+
+
+def _digest(path: str | None) -> str | None:
+    if not path:
+        return None
+    from longrope_jax.search.fitness import fingerprint
+    return fingerprint(Path(path).read_text())
+
+
+def _summary(summary: dict) -> dict:
+    keep = ("best_perplexity", "target_length", "budget", "steps", "first_loss", "last_loss")
+    return {k: summary[k] for k in keep if k in summary}
+
+
+def _export(bundle, long_path: str, short_path: str | None, final: int, out: Path) -> dict:
+    from longrope_jax.checkpoint import save_model_dir
+    from longrope_jax.convert.hf import save_hf_dir
+    from longrope_jax.eval.methods import read_factors
+    from longrope_jax.model.state import model_params
+    from longrope_jax.rope import longrope_spec
+
+    model, cfg, tokenizer = bundle
+    long = read_factors(long_path)
+    short = read_factors(short_path)["long_factor"] if short_path else None
+    base = cfg.rope
+    original = base.original_max_position_embeddings or base.max_position_embeddings
+    if base.rope_type == "longrope":  # a fine-tuned model directory already carries λ1
+        base = base.replace(rope_type="default", short_factor=None, long_factor=None, n_hat=0,
+                            original_max_position_embeddings=None, max_position_embeddings=original)
+    spec = longrope_spec(base, long["long_factor"], short, max_position_embeddings=final,
+                         attention_factor=long.get("attention_factor"), n_hat=int(long.get("n_hat", 0)))
+    final_cfg = cfg.replace(rope=spec)
+    params = model_params(model)
+    hf_dir = save_hf_dir(final_cfg, params, out / "hf", tokenizer=tokenizer)
+    orbax_dir = save_model_dir(final_cfg, params, out / "orbax", tokenizer=tokenizer)
+    write_json_atomic(out / "rope_scaling.json", spec.to_hf())
+    return {"hf_dir": str(hf_dir), "orbax_dir": str(orbax_dir), "rope_scaling": str(out / "rope_scaling.json")}
+
+
+def _report(config, base_bundle, export: dict, manifest: dict, out: Path) -> dict:
+    """Perplexity vs length for base / PI / YaRN / result, factor plot and report.md."""
+    from longrope_jax.data.documents import first_documents
+    from longrope_jax.data.sources import load_token_documents, text_source
+    from longrope_jax.eval import methods as rope_methods
+    from longrope_jax.eval import plots
+    from longrope_jax.eval.perplexity import PerplexityEvaluator
+    from longrope_jax.eval.runner import as_list
+    from longrope_jax.loading import load_model
+    from longrope_jax.rope import equivalent_factors
+
+    model, cfg, tokenizer = base_bundle
+    result_model, result_cfg = load_model(export["orbax_dir"], attention=config.model.attention,
+                                          block_q=config.model.block_q, block_kv=config.model.block_kv)
+    docs = load_token_documents(text_source(config.data, config.eval.split), tokenizer)
+    table: dict[str, dict[int, float]] = {}
+    for length in [int(v) for v in as_list(config.eval.lengths)]:
+        tokens, names = first_documents(docs, length, int(config.eval.documents), bool(config.data.add_bos),
+                                        cfg.bos_token_id)
+        methods = ["none", "pi", "yarn"]
+        ppl = PerplexityEvaluator(model).perplexity(tokens, [rope_methods.method_spec(cfg.rope, m, length)
+                                                             for m in methods])
+        for m, value in zip(methods, ppl):
+            table.setdefault(m, {})[length] = float(value)
+        table.setdefault("longrope (result)", {})[length] = float(
+            PerplexityEvaluator(result_model).perplexity(tokens, [result_cfg.rope])[0])
+    out.mkdir(parents=True, exist_ok=True)
+    original = rope_methods.original_length(cfg.rope)
+    plots.plot_perplexity_vs_length(table, out / "perplexity_vs_length.png", original)
+    final = result_cfg.rope.max_position_embeddings
+    factors = {m: equivalent_factors(rope_methods.method_spec(cfg.rope, m, final), final) for m in ("pi", "yarn")}
+    factors["longrope long"] = np.asarray(result_cfg.rope.long_factor)
+    factors["longrope short"] = np.asarray(result_cfg.rope.short_factor)
+    plots.plot_factors(factors, out / "factors.png", title=f"Factors for {final} tokens")
+    lengths = sorted({l for by in table.values() for l in by})
+    rows = [f"| {m} | " + " | ".join(f"{by[l]:.2f}" for l in lengths) + " |" for m, by in table.items()]
+    stages = "\n".join(f"- {name}: {entry['status']}, {entry.get('seconds', 0):.0f} s"
+                       for name, entry in manifest["stages"].items())
+    report = (f"# LongRoPE extension report: {config.name}\n\n"
+              f"Extended to {final} tokens (original {original}).\n\n## Stages\n{stages}\n\n"
+              f"## Perplexity ({config.eval.split} documents: {', '.join(names)})\n\n"
+              f"| method | " + " | ".join(str(l) for l in lengths) + " |\n|---|" + "---|" * len(lengths) + "\n"
+              + "\n".join(rows) + "\n\n![perplexity](perplexity_vs_length.png)\n\n![factors](factors.png)\n\n"
+              f"HF export: `{export['hf_dir']}` (rope_scaling: `{export['rope_scaling']}`)\n")
+    write_text_atomic(out / "report.md", report)
+    write_json_atomic(out / "perplexity.json", {m: {str(l): v for l, v in by.items()} for m, by in table.items()})
+    return {"report": str(out / "report.md"), "perplexity": {m: {str(l): v for l, v in by.items()}
+                                                              for m, by in table.items()}}

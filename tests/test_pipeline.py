@@ -1,0 +1,86 @@
+"""`experiments.extend` on the tiny config: end to end, kills during stages 2 and 3, config changes, HF export."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import transformers
+
+import longrope_jax
+from longrope_jax.eval.perplexity import PerplexityEvaluator
+
+ROOT = Path(__file__).resolve().parents[1]
+# More generations than the tiny default, so stage 3 runs long enough to be killed in the middle.
+SETTINGS = ["--config.search.generations=64", "--config.finetune.async_checkpoints=False"]
+
+
+def extend(workdir: Path, cache: Path, *extra: str, background: bool = False):
+    command = [sys.executable, "-m", "experiments.extend", "--config", "configs/tiny.py", "--workdir", str(workdir),
+               f"--config.search.cache={cache}", *SETTINGS, *extra]
+    if background:
+        return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+
+
+def manifest(workdir: Path) -> dict:
+    try:
+        return json.loads((workdir / "manifest.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {"stages": {}}
+
+
+def kill_when(process, condition, timeout=600) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline and process.poll() is None and not condition():
+        time.sleep(0.02)
+    assert process.poll() is None, "the run finished before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+
+def test_pipeline_end_to_end_and_resume_after_kills(tmp_path):
+    clean = extend(tmp_path / "clean", tmp_path / "clean.sqlite")
+    assert clean.returncode == 0, clean.stderr
+    assert "longrope (result)" in clean.stdout
+    done = manifest(tmp_path / "clean")["stages"]
+    assert [s for s in done if done[s]["status"] == "done"] == \
+        ["search_long", "finetune", "search_final", "search_short", "export", "report"]
+
+    work, cache = tmp_path / "killed", tmp_path / "killed.sqlite"
+    process = extend(work, cache, background=True)  # kill during stage 2 (fine-tuning), between checkpoints
+    kill_when(process, lambda: manifest(work)["stages"].get("finetune", {}).get("status") == "running"
+              and len((work / "finetune" / "metrics.jsonl").read_text().splitlines()) >= 5
+              if (work / "finetune" / "metrics.jsonl").exists() else False)
+    process = extend(work, cache, background=True)  # kill during stage 3 (search on the fine-tuned model)
+    state = work / "search_final" / "search_state.json"
+    kill_when(process, lambda: state.exists() and json.loads(state.read_text() or "{}").get("generation", 0) >= 2)
+    assert manifest(work)["stages"]["search_final"]["status"] == "running"
+    resumed = extend(work, cache)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "[search_long] already done, skipping" in resumed.stdout
+    for name in ("export/rope_scaling.json", "search_final/factors.json", "search_short/factors.json"):
+        assert (work / name).read_text() == (tmp_path / "clean" / name).read_text(), name
+    assert (work / "export/hf/model.safetensors").read_bytes() == \
+        (tmp_path / "clean/export/hf/model.safetensors").read_bytes()
+
+    # The export loads in transformers and gives our perplexity.
+    hf_dir = work / "export" / "hf"
+    block = json.loads((hf_dir / "config.json").read_text())["rope_scaling"]
+    assert block["rope_type"] == "longrope" and len(block["long_factor"]) == len(block["short_factor"]) == 4
+    ours, cfg = longrope_jax.load_model(hf_dir)
+    tokens = np.random.default_rng(0).integers(0, 256, (1, 200)).astype(np.int32)
+    our_ppl = PerplexityEvaluator(ours).perplexity(tokens, [cfg.rope])[0]
+    reference = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        ids = torch.tensor(tokens.astype(np.int64))
+        their_ppl = float(torch.exp(reference(ids, labels=ids).loss))
+    assert abs(our_ppl / their_ppl - 1) < 1e-4
+
+    # A finished stage rerun with other settings is reported, not mixed.
+    changed = extend(work, cache, "--config.search.seed=5")
+    assert changed.returncode == 1 and "stage search_long already finished" in changed.stderr
