@@ -153,3 +153,14 @@ def test_search_killed_mid_generation_resumes_to_identical_factors(tmp_path):
     again = json.loads((tmp_path / "killed" / "factors.json").read_text())
     assert again["long_factor"] == clean["long_factor"] and again["n_hat"] == clean["n_hat"]
     assert again["perplexity"] == clean["perplexity"]
+
+
+def test_longrope2_search_with_needle_driven_fitness(tmp_path):
+    summary = run_search(tiny(space="longrope2", critical_dim=2, upper=6.0, fitness="needle", target_length=256,
+                              cache=str(tmp_path / "n.sqlite"), verdict_documents=0), tmp_path / "lr2")
+    factors = np.asarray(json.loads((tmp_path / "lr2" / "factors.json").read_text())["long_factor"])
+    np.testing.assert_allclose(factors[:2], factors[2] ** (np.arange(2) / 2), rtol=1e-9)  # λ_i = λ_cd^(i/cd)
+    assert np.all(np.diff(factors[2:]) > 0) and factors[2] >= 4.0  # strictly increasing from s = 256/64
+    assert summary["search_documents"][0].startswith("needle sample")
+    with pytest.raises(ConfigError, match="unknown search.fitness"):
+        run_search(tiny(fitness="bleu", cache=str(tmp_path / "m.sqlite")), tmp_path / "bad")

@@ -28,15 +28,20 @@ from longrope_jax.search.space import Candidate, SearchSpace
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
-def _items_mean_nll(graphdef, state, tokens: jax.Array, factors: jax.Array, n_hat: jax.Array,
+def _items_mean_nll(graphdef, state, tokens: jax.Array, weights: jax.Array, factors: jax.Array, n_hat: jax.Array,
                     original_inv_freq: jax.Array, attention_scale: jax.Array) -> jax.Array:
-    """(C,) mean NLL of C (document, factors, n̂) items; tokens (C, 1, L), factors (C, d/2), n_hat (C,)."""
-    def one(params, doc, lam, start):
+    """(C,) weighted mean NLL of C (document, factors, n̂) items.
+
+    tokens (C, 1, L); weights (C, 1, L-1) per predicted token (all ones for perplexity, the answer tokens for
+    needle-driven perplexity); factors (C, d/2); n_hat (C,).
+    """
+    def one(params, doc, weight, lam, start):
         rope = longrope_inputs(original_inv_freq, lam, attention_scale, start)
-        return sequence_nll(nnx.merge(graphdef, params), doc, rope=rope).mean()
+        nll = sequence_nll(nnx.merge(graphdef, params), doc, rope=rope)
+        return jnp.sum(nll * weight) / jnp.sum(weight)
 
     # The state is an unbatched vmap argument: NNX variables may not cross trace levels.
-    return jax.vmap(one, in_axes=(None, 0, 0, 0))(state, tokens, factors, n_hat)
+    return jax.vmap(one, in_axes=(None, 0, 0, 0, 0))(state, tokens, weights, factors, n_hat)
 
 
 class FitnessCache:
@@ -75,9 +80,12 @@ class FitnessEvaluator:
 
     def __init__(self, model: Transformer, documents: np.ndarray, space: SearchSpace, attention_scale: float,
                  original_inv_freq: np.ndarray, batch_size: int, cache: FitnessCache | None = None,
-                 racing: bool = True):
+                 racing: bool = True, loss_mask: np.ndarray | None = None):
         self.graphdef, self.state = nnx.split(model)
         self.documents = np.asarray(documents, np.int32)
+        # loss_mask (D, L) marks the tokens that count (needle answers); the target of position t is token t + 1.
+        mask = np.ones(self.documents.shape, bool) if loss_mask is None else np.asarray(loss_mask, bool)
+        self.weights = mask[:, 1:].astype(np.float32)
         self.space, self.cache, self.racing = space, cache, racing
         self.batch_size = max(1, int(batch_size))
         self.scale = jnp.float32(attention_scale)
@@ -95,6 +103,7 @@ class FitnessEvaluator:
             padded = chunk + [chunk[-1]] * (self.batch_size - len(chunk))
             nll = _items_mean_nll(
                 self.graphdef, self.state, jnp.asarray(self.documents[[d for _, d in padded]][:, None]),
+                jnp.asarray(self.weights[[d for _, d in padded]][:, None]),
                 jnp.asarray(np.stack([c.array for c, _ in padded]), jnp.float32),
                 jnp.asarray([c.n_hat for c, _ in padded], jnp.int32), self.original_inv_freq, self.scale)
             out += [float(v) for v in np.asarray(nll)[:len(chunk)]]

@@ -15,6 +15,7 @@ import numpy as np
 
 from longrope_jax.cache import cache_dir
 from longrope_jax.data.documents import first_documents, random_windows
+from longrope_jax.errors import ConfigError
 from longrope_jax.data.sources import load_token_documents, text_source
 from longrope_jax.eval import methods as rope_methods
 from longrope_jax.eval import plots
@@ -68,13 +69,26 @@ def run_search(config: Any, workdir: str | Path, model_bundle=None) -> dict:
     scale = target / base_length
     space = space_from_config(search_cfg, base.half_dim, max(scale, 1.0), base.rotary_dim, base.theta, original)
 
-    search_docs = load_token_documents(text_source(config.data, config.data.search_split), tokenizer)
     add_bos = bool(config.data.add_bos)
-    if search_cfg.windows:
+    loss_mask = None
+    if search_cfg.fitness == "needle":
+        # LongRoPE2's needle-driven perplexity: loss only on a magic number's answer tokens at the end.
+        from longrope_jax.eval.needle_ppl import needle_documents
+        source = text_source(config.data, config.data.search_split)
+        texts = [source[i]["text"] for i in range(len(source))]
+        batch = needle_documents(tokenizer, texts, target, int(search_cfg.documents), seed=int(search_cfg.seed),
+                                 bos_id=cfg.bos_token_id if add_bos else None)
+        documents, loss_mask = batch.tokens, batch.loss_mask
+        used = [f"needle sample {i} (depth {d:.2f})" for i, d in enumerate(batch.depths)]
+    elif search_cfg.fitness != "perplexity":
+        raise ConfigError(f"unknown search.fitness {search_cfg.fitness!r}; use 'perplexity' or 'needle'")
+    elif search_cfg.windows:
+        search_docs = load_token_documents(text_source(config.data, config.data.search_split), tokenizer)
         documents, where = random_windows(search_docs, target, int(search_cfg.documents), int(search_cfg.seed),
                                           add_bos, cfg.bos_token_id)
         used = [f"{name}@{start}" for name, start in where]
     else:
+        search_docs = load_token_documents(text_source(config.data, config.data.search_split), tokenizer)
         documents, used = first_documents(search_docs, target, int(search_cfg.documents), add_bos, cfg.bos_token_id)
     seed_base = RopeSpec(head_dim=base.head_dim, theta=base.theta, partial_rotary_factor=base.partial_rotary_factor,
                          max_position_embeddings=base_length)
@@ -82,11 +96,11 @@ def run_search(config: Any, workdir: str | Path, model_bundle=None) -> dict:
     model_id = fingerprint(config_to_dict(cfg)["rope"], np.asarray(model.embed_tokens[...][:4]),
                            np.asarray(model.layers.self_attn.q_proj[...][0, :4]))
     namespace = fingerprint(model_id, documents, target, round(mscale, 9), space.kind, space.critical_dim,
-                            base_factors)
+                            base_factors, loss_mask if loss_mask is not None else "perplexity")
     cache = FitnessCache(search_cfg.cache or cache_dir("search") / "fitness.sqlite", namespace)
     evaluator = FitnessEvaluator(model, documents, space, mscale,
                                  default_inv_freq(base.theta, base.rotary_dim) / base_factors,
-                                 int(search_cfg.batch_size), cache, bool(search_cfg.racing))
+                                 int(search_cfg.batch_size), cache, bool(search_cfg.racing), loss_mask)
     state_fingerprint = {"namespace": namespace, "seed": int(search_cfg.seed),
                          "budget": scaled_budget(config.search), "space": repr(space)}
     state = run_generations(evaluator, space, seeds, search_cfg, workdir, state_fingerprint)
