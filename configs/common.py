@@ -30,7 +30,7 @@ def base_config() -> ml_collections.ConfigDict:
         mutants=16, crossovers=16, mutation_p=0.3, evo_scale=1.0, lower=1.0, upper=0.0, grid=0.01,
         search_n_hat=True, n_hat_choices=N_HAT_CHOICES, critical_dim=0, seed=0, documents=3, windows=True,
         batch_size=4, racing=True, cache="", verdict_documents=1, base_factors="", base_length=0,
-        fitness="perplexity",
+        fitness="perplexity", data_parallel=1,
         verdict_methods=("none", "pi", "ntk", "dynamic", "yarn")))
     # Fine-tuning (LongRoPE: e.g. 400 steps at 128k then 600 at 256k for Llama-2 7B). mesh = (data, fsdp, tensor,
     # context). long_ratio < 1 mixes short original-RoPE batches in (LongRoPE2 mixed context windows).

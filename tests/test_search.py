@@ -164,3 +164,20 @@ def test_longrope2_search_with_needle_driven_fitness(tmp_path):
     assert summary["search_documents"][0].startswith("needle sample")
     with pytest.raises(ConfigError, match="unknown search.fitness"):
         run_search(tiny(fitness="bleu", cache=str(tmp_path / "m.sqlite")), tmp_path / "bad")
+
+
+def test_candidates_sharded_over_8_devices_score_like_one_device(tmp_path):
+    sharded = run_search(tiny(data_parallel=8, batch_size=8, racing=False, cache=str(tmp_path / "s.sqlite"),
+                              verdict_documents=0), tmp_path / "sharded")
+    single = run_search(tiny(batch_size=8, racing=False, cache=str(tmp_path / "u.sqlite"), verdict_documents=0),
+                        tmp_path / "single")
+    state_s = json.loads((tmp_path / "sharded" / "search_state.json").read_text())
+    state_u = json.loads((tmp_path / "single" / "search_state.json").read_text())
+    nll_s = {e["key"]: e["nll"] for e in state_s["population"]}
+    nll_u = {e["key"]: e["nll"] for e in state_u["population"]}
+    assert nll_s.keys() == nll_u.keys()
+    for key in nll_s:
+        np.testing.assert_allclose(nll_s[key], nll_u[key], atol=1e-5)
+    assert sharded["best_perplexity"] == pytest.approx(single["best_perplexity"], rel=1e-5)
+    with pytest.raises(ConfigError, match="multiple of the mesh's data axis"):
+        run_search(tiny(data_parallel=8, batch_size=4, cache=str(tmp_path / "x.sqlite")), tmp_path / "bad")

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from longrope_jax.errors import ConfigError
 from longrope_jax.model.loss import sequence_nll
 from longrope_jax.model.transformer import Transformer
 from longrope_jax.rope import longrope_inputs
@@ -80,8 +81,16 @@ class FitnessEvaluator:
 
     def __init__(self, model: Transformer, documents: np.ndarray, space: SearchSpace, attention_scale: float,
                  original_inv_freq: np.ndarray, batch_size: int, cache: FitnessCache | None = None,
-                 racing: bool = True, loss_mask: np.ndarray | None = None):
+                 racing: bool = True, loss_mask: np.ndarray | None = None, mesh: jax.sharding.Mesh | None = None):
         self.graphdef, self.state = nnx.split(model)
+        self.item_sharding = None
+        if mesh is not None and mesh.shape["data"] > 1:
+            if int(batch_size) % mesh.shape["data"]:
+                raise ConfigError(f"search.batch_size={batch_size} must be a multiple of the mesh's data axis "
+                                  f"({mesh.shape['data']}) so every device scores the same number of candidates")
+            replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+            self.state = jax.device_put(self.state, replicated)
+            self.item_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
         self.documents = np.asarray(documents, np.int32)
         # loss_mask (D, L) marks the tokens that count (needle answers); the target of position t is token t + 1.
         mask = np.ones(self.documents.shape, bool) if loss_mask is None else np.asarray(loss_mask, bool)
@@ -101,11 +110,14 @@ class FitnessEvaluator:
         for start in range(0, len(items), self.batch_size):
             chunk = items[start:start + self.batch_size]
             padded = chunk + [chunk[-1]] * (self.batch_size - len(chunk))
-            nll = _items_mean_nll(
-                self.graphdef, self.state, jnp.asarray(self.documents[[d for _, d in padded]][:, None]),
-                jnp.asarray(self.weights[[d for _, d in padded]][:, None]),
-                jnp.asarray(np.stack([c.array for c, _ in padded]), jnp.float32),
-                jnp.asarray([c.n_hat for c, _ in padded], jnp.int32), self.original_inv_freq, self.scale)
+            items_in = (self.documents[[d for _, d in padded]][:, None],
+                        self.weights[[d for _, d in padded]][:, None],
+                        np.stack([c.array for c, _ in padded]).astype(np.float32),
+                        np.asarray([c.n_hat for c, _ in padded], np.int32))
+            # With a mesh, the candidate axis is split over its "data" axis: each device scores its own items.
+            items_in = [jax.device_put(x, self.item_sharding) if self.item_sharding else jnp.asarray(x)
+                        for x in items_in]
+            nll = _items_mean_nll(self.graphdef, self.state, *items_in, self.original_inv_freq, self.scale)
             out += [float(v) for v in np.asarray(nll)[:len(chunk)]]
             self.stats["doc_evals"] += len(chunk)
         return out

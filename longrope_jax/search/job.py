@@ -25,6 +25,7 @@ from longrope_jax.io import write_json_atomic, write_text_atomic
 from longrope_jax.loading import load_from_config
 from longrope_jax.model.config import config_to_dict
 from longrope_jax.rope import RopeSpec, longrope_spec
+from longrope_jax.sharding import make_mesh
 from longrope_jax.search.fitness import FitnessCache, FitnessEvaluator, fingerprint
 from longrope_jax.search.runner import best_candidate, run_generations
 from longrope_jax.search.space import space_from_config
@@ -100,7 +101,9 @@ def run_search(config: Any, workdir: str | Path, model_bundle=None) -> dict:
     cache = FitnessCache(search_cfg.cache or cache_dir("search") / "fitness.sqlite", namespace)
     evaluator = FitnessEvaluator(model, documents, space, mscale,
                                  default_inv_freq(base.theta, base.rotary_dim) / base_factors,
-                                 int(search_cfg.batch_size), cache, bool(search_cfg.racing), loss_mask)
+                                 int(search_cfg.batch_size), cache, bool(search_cfg.racing), loss_mask,
+                                 make_mesh(data=int(search_cfg.data_parallel)) if int(search_cfg.data_parallel) > 1
+                                 else None)
     state_fingerprint = {"namespace": namespace, "seed": int(search_cfg.seed),
                          "budget": scaled_budget(config.search), "space": repr(space)}
     state = run_generations(evaluator, space, seeds, search_cfg, workdir, state_fingerprint)
