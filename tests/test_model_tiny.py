@@ -11,7 +11,7 @@ import transformers
 
 import longrope_jax
 from longrope_jax.checkpoint import read_model_config, restore_params, save_model_dir
-from longrope_jax.convert.hf import load_hf_dir, save_hf_dir
+from longrope_jax.convert.hf import iter_safetensors, load_hf_dir, save_hf_dir
 from longrope_jax.errors import CheckpointError, ConfigError
 from longrope_jax.model.attention import blockwise_attention, reference_attention
 from longrope_jax.model.config import ModelConfig
@@ -120,6 +120,16 @@ def tiny_config(**changes) -> ModelConfig:
     return base.replace(**changes)
 
 
+def test_bfloat16_compute_tracks_float32(tmp_path):
+    model = hf_model(tmp_path, "llama")
+    ours, _ = longrope_jax.load_model(tmp_path, dtype="bfloat16", attention="blockwise", block_q=16, block_kv=16)
+    tokens = tokens_of(40)
+    logits = np.asarray(ours(jnp.asarray(tokens)))
+    reference = hf_logits(model, tokens)
+    assert np.abs(logits - reference).max() < 0.05 * np.abs(reference).max()
+    assert (logits.argmax(-1) == reference.argmax(-1)).mean() > 0.9
+
+
 def test_scan_unrolled_and_remat_agree():
     tokens = jnp.asarray(tokens_of(20, seed=3) % 97)
     reference = init_model(tiny_config())(tokens)
@@ -200,6 +210,13 @@ def test_conversion_errors(tmp_path):
     (tmp_path / "hf" / "model.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="corrupt or truncated"):
         longrope_jax.load_model(tmp_path / "hf")
+    from safetensors.numpy import save_file
+    save_hf_dir(cfg, params, tmp_path / "hf2")
+    tensors = dict(iter_safetensors(tmp_path / "hf2"))
+    tensors["model.norm.weight"] = tensors["model.norm.weight"].astype(np.int32)
+    save_file(tensors, tmp_path / "hf2" / "model.safetensors")
+    with pytest.raises(CheckpointError, match="dtype int32"):
+        longrope_jax.load_model(tmp_path / "hf2")
     with pytest.raises(CheckpointError, match="does not exist"):
         longrope_jax.load_model(tmp_path / "nowhere")
     with pytest.raises(CheckpointError, match="longrope_model.json"):

@@ -80,6 +80,9 @@ def hf_to_params(cfg: ModelConfig, tensors: Iterable[tuple[str, np.ndarray]]) ->
 
     for name, value in tensors:
         value = np.asarray(value)
+        if not (np.issubdtype(value.dtype, np.floating) or value.dtype == ml_dtypes.bfloat16):
+            raise CheckpointError(f"tensor {name} has dtype {value.dtype}, expected floating point weights; "
+                                  f"the checkpoint is quantised or corrupt (dequantise it first)")
         if name in ("model.embed_tokens.weight", "model.norm.weight"):
             put("embed_tokens" if "embed" in name else "norm/weight", None, value, name)
         elif name == "lm_head.weight":
