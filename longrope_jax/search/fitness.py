@@ -100,6 +100,7 @@ class FitnessEvaluator:
         self.scale = jnp.float32(attention_scale)
         self.original_inv_freq = jnp.asarray(original_inv_freq, jnp.float32)
         self.stats = {"evaluations": 0, "cache_hits": 0, "doc_evals": 0, "doc_evals_saved": 0}
+        self.on_items: Callable[[int], None] | None = None  # progress hook: called with items scored per call
 
     @property
     def num_documents(self) -> int:
@@ -120,6 +121,8 @@ class FitnessEvaluator:
             nll = _items_mean_nll(self.graphdef, self.state, *items_in, self.original_inv_freq, self.scale)
             out += [float(v) for v in np.asarray(nll)[:len(chunk)]]
             self.stats["doc_evals"] += len(chunk)
+            if self.on_items is not None:
+                self.on_items(len(chunk))
         return out
 
     def evaluate(self, candidates: Sequence[Candidate], threshold: float | None = None,

@@ -72,7 +72,11 @@ def run_generations(evaluator: FitnessEvaluator, space: SearchSpace, seeds: list
             threshold = float(np.mean(_ranked(complete)[k - 1]["nll"]))
             best_per_doc = np.min(np.asarray([e["nll"] for e in complete]), axis=0)
         before = dict(evaluator.stats)
-        results = evaluator.evaluate(pending, threshold, best_per_doc)
+        with tqdm(total=len(pending) * num_docs, desc=f"generation {generation}", unit="cand·doc",
+                  leave=False) as items:
+            evaluator.on_items = items.update
+            results = evaluator.evaluate(pending, threshold, best_per_doc)
+            evaluator.on_items = None
         delta = {k: evaluator.stats[k] - before.get(k, 0) for k in evaluator.stats}
         for candidate in pending:
             cand_key = space.key(candidate)
