@@ -1,9 +1,9 @@
-"""PNG plots of evaluation results (matplotlib Agg, written atomically)."""
+"""PNG plots of evaluation, search and training results (matplotlib Agg, written atomically)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import matplotlib
 
@@ -14,77 +14,66 @@ import numpy as np  # noqa: E402
 from longrope_jax.io import save_figure_atomic  # noqa: E402
 
 
-def plot_perplexity_vs_length(table: Mapping[str, Mapping[int, float]], path: str | Path,
-                              original_length: int | None = None, title: str = "") -> Path:
-    """table: {method: {length: perplexity}}; log-scale perplexity against length."""
+def _lines(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], path: str | Path, xlabel: str,
+           ylabel: str, title: str, log_x: bool = False, log_y: bool = False, marker: str = "o",
+           vline: tuple[float, str] | None = None, ylim: tuple[float, float] | None = None) -> Path:
+    """One line per labelled (x, y) series; the shared layout of every plot here."""
     figure, axis = plt.subplots(figsize=(7, 4.5))
-    for method, by_length in table.items():
-        lengths = sorted(by_length)
-        axis.plot(lengths, [by_length[l] for l in lengths], marker="o", label=method)
-    if original_length:
-        axis.axvline(original_length, color="grey", linestyle=":", label="original context")
-    axis.set_xscale("log", base=2)
-    axis.set_yscale("log")
-    axis.set_xlabel("evaluated length (tokens)")
-    axis.set_ylabel("perplexity")
-    axis.set_title(title or "Perplexity vs length")
+    for label, (xs, ys) in series.items():
+        axis.plot(xs, ys, marker=marker, label=label)
+    if vline is not None:
+        axis.axvline(vline[0], color="grey", linestyle=":", label=vline[1])
+    if log_x:
+        axis.set_xscale("log", base=2)
+    if log_y:
+        axis.set_yscale("log")
+    if ylim is not None:
+        axis.set_ylim(*ylim)
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel(ylabel)
+    axis.set_title(title)
     axis.grid(True, which="both", alpha=0.3)
     axis.legend()
     return save_figure_atomic(figure, path)
 
 
+def _by_length(table: Mapping[str, Mapping[int, float]]) -> dict[str, tuple[list[int], list[float]]]:
+    return {m: (sorted(by), [by[k] for k in sorted(by)]) for m, by in table.items()}
+
+
+def plot_perplexity_vs_length(table: Mapping[str, Mapping[int, float]], path: str | Path,
+                              original_length: int | None = None, title: str = "") -> Path:
+    """table: {method: {length: perplexity}}; log-scale perplexity against length."""
+    return _lines(_by_length(table), path, "evaluated length (tokens)", "perplexity",
+                  title or "Perplexity vs length", log_x=True, log_y=True,
+                  vline=(original_length, "original context") if original_length else None)
+
+
 def plot_factors(factors: Mapping[str, np.ndarray], path: str | Path, title: str = "") -> Path:
     """factors: {label: λ (d/2,)}; rescale factor per frequency pair."""
-    figure, axis = plt.subplots(figsize=(7, 4.5))
-    for label, values in factors.items():
-        axis.plot(np.arange(len(values)), values, marker=".", label=label)
-    axis.set_xlabel("frequency pair i (θ_i = base^(-2i/d))")
-    axis.set_ylabel("rescale factor λ_i")
-    axis.set_title(title or "RoPE rescale factors")
-    axis.grid(True, alpha=0.3)
-    axis.legend()
-    return save_figure_atomic(figure, path)
+    series = {label: (list(range(len(values))), list(np.asarray(values))) for label, values in factors.items()}
+    return _lines(series, path, "frequency pair i (θ_i = base^(-2i/d))", "rescale factor λ_i",
+                  title or "RoPE rescale factors", marker=".")
 
 
 def plot_passkey(table: Mapping[str, Mapping[int, float]], path: str | Path, title: str = "") -> Path:
     """table: {method: {length: accuracy}}."""
-    figure, axis = plt.subplots(figsize=(7, 4.5))
-    for method, by_length in table.items():
-        lengths = sorted(by_length)
-        axis.plot(lengths, [by_length[l] for l in lengths], marker="o", label=method)
-    axis.set_xscale("log", base=2)
-    axis.set_ylim(-0.05, 1.05)
-    axis.set_xlabel("prompt length (tokens)")
-    axis.set_ylabel("passkey accuracy")
-    axis.set_title(title or "Passkey retrieval")
-    axis.grid(True, alpha=0.3)
-    axis.legend()
-    return save_figure_atomic(figure, path)
+    return _lines(_by_length(table), path, "prompt length (tokens)", "passkey accuracy",
+                  title or "Passkey retrieval", log_x=True, ylim=(-0.05, 1.05))
 
 
 def plot_fitness(history, path: str | Path, title: str = "") -> Path:
     """history: [{"generation", "best", "median"}]; perplexity per generation."""
-    figure, axis = plt.subplots(figsize=(7, 4.5))
     generations = [h["generation"] for h in history]
-    axis.plot(generations, [h["best"] for h in history], marker="o", label="best")
-    axis.plot(generations, [h["median"] for h in history], marker=".", label="median of population")
-    axis.set_xlabel("generation")
-    axis.set_ylabel("perplexity (search documents)")
-    axis.set_title(title or "Search progress")
-    axis.grid(True, alpha=0.3)
-    axis.legend()
-    return save_figure_atomic(figure, path)
+    series = {"best": (generations, [h["best"] for h in history]),
+              "median of population": (generations, [h["median"] for h in history])}
+    return _lines(series, path, "generation", "perplexity (search documents)", title or "Search progress")
 
 
 def plot_losses(records, path: str | Path, title: str = "") -> Path:
     """records: [{"step", "loss", "kind"}] (metrics.jsonl); one series per batch kind (short / long)."""
-    figure, axis = plt.subplots(figsize=(7, 4.5))
+    series = {}
     for kind in sorted({r.get("kind", "train") for r in records}):
         points = [(r["step"], r["loss"]) for r in records if r.get("kind", "train") == kind]
-        axis.plot([p[0] for p in points], [p[1] for p in points], marker=".", label=f"{kind} batches")
-    axis.set_xlabel("step")
-    axis.set_ylabel("training loss (NLL per token)")
-    axis.set_title(title or "Fine-tuning loss")
-    axis.grid(True, alpha=0.3)
-    axis.legend()
-    return save_figure_atomic(figure, path)
+        series[f"{kind} batches"] = ([p[0] for p in points], [p[1] for p in points])
+    return _lines(series, path, "step", "training loss (NLL per token)", title or "Fine-tuning loss", marker=".")
