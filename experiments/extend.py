@@ -13,6 +13,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from longrope_jax.cli import run_main
+from longrope_jax.distributed import initialize_distributed
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/smollm2_135m.py", "ml_collections config file")
 _WORKDIR = flags.DEFINE_string("workdir", None, "run directory (manifest.json, one folder per stage); "
@@ -26,6 +27,7 @@ def main(argv) -> None:
         from longrope_jax.pipeline import Pipeline
 
         config = _CONFIG.value
+        initialize_distributed(config.get("distributed"))  # no-op unless launched on several hosts
         workdir = _WORKDIR.value or f"runs/{config.name}"
         start = time.time()
         outputs = Pipeline(config, workdir).run()

@@ -12,6 +12,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from longrope_jax.cli import run_main
+from longrope_jax.distributed import initialize_distributed
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/smollm2_135m.py", "ml_collections config file")
 _WORKDIR = flags.DEFINE_string("workdir", None, "checkpoints, metrics.jsonl, loss.png; default runs/<name>/finetune")
@@ -24,6 +25,7 @@ def main(argv) -> None:
         from longrope_jax.train.job import run_finetune
 
         config = _CONFIG.value
+        initialize_distributed(config.get("distributed"))  # no-op unless launched on several hosts
         workdir = _WORKDIR.value or f"runs/{config.name}/finetune"
         summary = run_finetune(config, workdir)
         print(json.dumps({k: summary[k] for k in ("steps", "first_loss", "last_loss")}))

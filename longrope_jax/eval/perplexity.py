@@ -15,6 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jax.sharding import NamedSharding, PartitionSpec
+
+from longrope_jax.model.context import ContextParallel
 from longrope_jax.model.loss import chunked_token_nll, sequence_nll
 from longrope_jax.model.transformer import Transformer
 from longrope_jax.rope import RopeInputs, RopeSpec, rope_inputs
@@ -30,11 +33,12 @@ def spec_ropes(specs: Sequence[RopeSpec], length: int) -> RopeInputs:
     return stack_ropes([rope_inputs(spec, length) for spec in specs])
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef",))
-def _candidates_mean_nll(graphdef, state, tokens: jax.Array, ropes: RopeInputs) -> jax.Array:
+@functools.partial(jax.jit, static_argnames=("graphdef", "context"))
+def _candidates_mean_nll(graphdef, state, tokens: jax.Array, ropes: RopeInputs,
+                         context: ContextParallel | None = None) -> jax.Array:
     # The state goes through vmap as an unbatched argument: NNX variables may not cross trace levels.
     def one(params, rope):
-        return sequence_nll(nnx.merge(graphdef, params), tokens, rope=rope).mean(axis=-1)  # (B,)
+        return sequence_nll(nnx.merge(graphdef, params), tokens, rope=rope, context=context).mean(axis=-1)  # (B,)
 
     return jax.vmap(one, in_axes=(None, 0))(state, ropes)  # (C, B)
 
@@ -42,9 +46,13 @@ def _candidates_mean_nll(graphdef, state, tokens: jax.Array, ropes: RopeInputs) 
 class PerplexityEvaluator:
     """Mean NLL of documents under many rope candidates, compiled once per (document length, candidate count)."""
 
-    def __init__(self, model: Transformer):
+    def __init__(self, model: Transformer, context: ContextParallel | None = None):
+        """context: split each document over a mesh's context axis (ring attention) — for lengths one device
+        cannot hold; the parameters are replicated over that mesh."""
         self.graphdef, self.state = nnx.split(model)
-        self.cfg = model.cfg
+        self.cfg, self.context = model.cfg, context
+        if context is not None:
+            self.state = jax.device_put(self.state, NamedSharding(context.mesh, PartitionSpec()))
 
     def mean_nll(self, documents: np.ndarray, ropes: RopeInputs, progress=None) -> np.ndarray:
         """(C, D) mean NLL per candidate and document.
@@ -56,7 +64,7 @@ class PerplexityEvaluator:
         out = []
         for document in documents:
             out.append(np.asarray(_candidates_mean_nll(self.graphdef, self.state, jnp.asarray(document[None]),
-                                                       ropes))[:, 0])
+                                                       ropes, self.context))[:, 0])
             if progress is not None:
                 progress()
         return np.stack(out, axis=1)

@@ -19,6 +19,8 @@ from longrope_jax.errors import ConfigError
 from longrope_jax.eval import methods as rope_methods
 from longrope_jax.eval import plots
 from longrope_jax.eval.perplexity import PerplexityEvaluator, spec_ropes
+from longrope_jax.model.context import context_parallel
+from longrope_jax.sharding import make_mesh
 from longrope_jax.io import read_json, write_json_atomic
 from longrope_jax.loading import load_from_config
 from longrope_jax.rope import equivalent_factors
@@ -73,7 +75,10 @@ def run_evaluation(config: Any, workdir: str | Path) -> dict:
     model, cfg, tokenizer = load_from_config(config.model)
     original = rope_methods.original_length(cfg.rope)
     docs = load_token_documents(text_source(config.data, eval_cfg.split), tokenizer)
-    evaluator = PerplexityEvaluator(model)
+    # eval.context_parallel > 1 splits each document over that many devices (ring attention).
+    context = context_parallel(make_mesh(context=int(eval_cfg.get("context_parallel", 1))),
+                               config.model.get("context_attention", "ring"))
+    evaluator = PerplexityEvaluator(model, context)
     lengths = [int(length) for length in as_list(eval_cfg.lengths)]
     # Check every input up front, so a bad length or factor file fails before hours of compute.
     batches = {length: first_documents(docs, length, eval_cfg.documents, config.data.add_bos, cfg.bos_token_id)

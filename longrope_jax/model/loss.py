@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from longrope_jax.model.context import ContextParallel, context_nll
 from longrope_jax.model.transformer import Transformer
 from longrope_jax.rope import RopeInputs, rope_inputs
 
@@ -42,11 +43,14 @@ def chunked_token_nll(hidden: jax.Array, output_kernel: jax.Array, targets: jax.
 
 
 def sequence_nll(model: Transformer, tokens: jax.Array, positions: jax.Array | None = None,
-                 rope: RopeInputs | None = None) -> jax.Array:
+                 rope: RopeInputs | None = None, context: ContextParallel | None = None) -> jax.Array:
     """NLL of tokens[:, 1:] given their prefixes, float32 (B, L-1); memory linear in L.
 
     rope defaults to the model's spec at length L (as HF computes it for a forward over all L tokens).
+    context: split the sequence over a mesh's context axis (ring attention, load-balanced); same result.
     """
     rope = rope if rope is not None else rope_inputs(model.cfg.rope, tokens.shape[1])
+    if context is not None:
+        return context_nll(model, tokens, rope, context, positions)
     hidden, _ = model.hidden(tokens[:, :-1], None if positions is None else positions[:, :-1], rope)
     return chunked_token_nll(hidden, model.output_kernel(), tokens[:, 1:], model.cfg.loss_chunk)

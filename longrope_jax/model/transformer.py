@@ -16,6 +16,7 @@ from flax import nnx
 from longrope_jax.model.attention import attention as attention_kernel
 from longrope_jax.model.attention import reference_attention
 from longrope_jax.model.config import ModelConfig
+from longrope_jax.model.context import ContextParallel
 from longrope_jax.rope import RopeInputs, apply_rope, rope_cos_sin, rope_inputs
 
 
@@ -57,8 +58,8 @@ class Attention(nnx.Module):
         self.o_proj = _param(rngs, (h * d, e), ("q_heads", "embed"), dt, (h * d) ** -0.5)
         self.cfg = cfg
 
-    def __call__(self, x: jax.Array, positions: jax.Array, rope: RopeInputs,
-                 cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
+    def __call__(self, x: jax.Array, positions: jax.Array, rope: RopeInputs, cache: KVCache | None = None,
+                 context: ContextParallel | None = None) -> tuple[jax.Array, KVCache | None]:
         cfg = self.cfg
         b, l, _ = x.shape
         dt = x.dtype
@@ -67,7 +68,10 @@ class Attention(nnx.Module):
         v = (x @ self.v_proj[...].astype(dt)).reshape(b, l, cfg.num_kv_heads, cfg.head_dim)
         cos, sin = rope_cos_sin(positions, rope)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if cache is None or l > 1:
+        if context is not None and cache is None:
+            # Tokens sharded over the context axis: ring (or all-gather) attention across devices.
+            out = context.attention(q, k, v, positions, positions, cfg.sliding_window, cfg.block_q, cfg.block_kv)
+        elif cache is None or l > 1:
             # No cache, or a prompt prefilled in one call into an empty cache: memory-linear kernel over the
             # new tokens themselves (a cache-wide score matrix would be L × max_len).
             out = attention_kernel(q, k, v, positions, positions, impl=cfg.attention,
@@ -106,9 +110,9 @@ class DecoderBlock(nnx.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.params_dtype, rngs)
         self.mlp = MLP(cfg, rngs)
 
-    def __call__(self, x: jax.Array, positions: jax.Array, rope: RopeInputs,
-                 cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
-        attn_out, cache = self.self_attn(self.input_layernorm(x), positions, rope, cache)
+    def __call__(self, x: jax.Array, positions: jax.Array, rope: RopeInputs, cache: KVCache | None = None,
+                 context: ContextParallel | None = None) -> tuple[jax.Array, KVCache | None]:
+        attn_out, cache = self.self_attn(self.input_layernorm(x), positions, rope, cache, context)
         x = x + attn_out
         return x + self.mlp(self.post_attention_layernorm(x)), cache
 
@@ -146,7 +150,8 @@ class Transformer(nnx.Module):
         return self.lm_head[...]
 
     def hidden(self, tokens: jax.Array, positions: jax.Array | None = None, rope: RopeInputs | None = None,
-               cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
+               cache: KVCache | None = None, context: ContextParallel | None = None
+               ) -> tuple[jax.Array, KVCache | None]:
         """Final-norm hidden states (B, L, hidden) and the updated cache (stacked over layers) if one was given.
 
         Args:
@@ -154,6 +159,8 @@ class Transformer(nnx.Module):
           positions: int32 (B, L); default arange(L).
           rope: RopeInputs; default the model's own spec at length L (or the cache length when decoding).
           cache: KVCache with a leading layer axis, from `init_cache`.
+          context: split the tokens over a mesh's context axis (ring attention); tokens and positions must
+            already be in the layout `model.context.context_order` gives (see `context_nll`).
         """
         cfg = self.cfg
         b, l = tokens.shape
@@ -164,9 +171,14 @@ class Transformer(nnx.Module):
         # Per-layer rope: broadcast shared (d/2,) frequencies to (n_layers, d/2) so the scan slices them.
         inv_freq = jnp.broadcast_to(rope.inv_freq, (cfg.num_layers, rope.inv_freq.shape[-1]))
         x = jnp.take(self.embed_tokens[...], tokens, axis=0).astype(cfg.compute_dtype)
+        if context is not None:
+            if cache is not None:
+                raise ValueError("context parallelism is for full-sequence forwards, not KV-cache decoding")
+            x = context.constrain(x)
 
         def body(block: DecoderBlock, x, layer_inv_freq, layer_cache):
-            return block(x, positions, rope._replace(inv_freq=layer_inv_freq), layer_cache)
+            x, layer_cache = block(x, positions, rope._replace(inv_freq=layer_inv_freq), layer_cache, context)
+            return (x if context is None else context.constrain(x)), layer_cache
 
         if cfg.remat != "none":
             body = nnx.remat(body, policy=_REMAT[cfg.remat])

@@ -22,15 +22,17 @@ import numpy as np
 from flax import nnx
 
 from longrope_jax.errors import ConfigError
+from longrope_jax.model.context import ContextParallel, context_parallel
 from longrope_jax.model.loss import sequence_nll
 from longrope_jax.model.transformer import Transformer
 from longrope_jax.rope import longrope_inputs
 from longrope_jax.search.space import Candidate, SearchSpace
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef",))
+@functools.partial(jax.jit, static_argnames=("graphdef", "context"))
 def _items_mean_nll(graphdef, state, tokens: jax.Array, weights: jax.Array, factors: jax.Array, n_hat: jax.Array,
-                    original_inv_freq: jax.Array, attention_scale: jax.Array) -> jax.Array:
+                    original_inv_freq: jax.Array, attention_scale: jax.Array,
+                    context: ContextParallel | None = None) -> jax.Array:
     """(C,) weighted mean NLL of C (document, factors, n̂) items.
 
     tokens (C, 1, L); weights (C, 1, L-1) per predicted token (all ones for perplexity, the answer tokens for
@@ -38,7 +40,7 @@ def _items_mean_nll(graphdef, state, tokens: jax.Array, weights: jax.Array, fact
     """
     def one(params, doc, weight, lam, start):
         rope = longrope_inputs(original_inv_freq, lam, attention_scale, start)
-        nll = sequence_nll(nnx.merge(graphdef, params), doc, rope=rope)
+        nll = sequence_nll(nnx.merge(graphdef, params), doc, rope=rope, context=context)
         return jnp.sum(nll * weight) / jnp.sum(weight)
 
     # The state is an unbatched vmap argument: NNX variables may not cross trace levels.
@@ -81,15 +83,18 @@ class FitnessEvaluator:
 
     def __init__(self, model: Transformer, documents: np.ndarray, space: SearchSpace, attention_scale: float,
                  original_inv_freq: np.ndarray, batch_size: int, cache: FitnessCache | None = None,
-                 racing: bool = True, loss_mask: np.ndarray | None = None, mesh: jax.sharding.Mesh | None = None):
+                 racing: bool = True, loss_mask: np.ndarray | None = None, mesh: jax.sharding.Mesh | None = None,
+                 context_impl: str = "ring"):
+        """mesh: candidates split over its "data" axis, each document over its "context" axis (ring attention)."""
         self.graphdef, self.state = nnx.split(model)
         self.item_sharding = None
+        self.context = context_parallel(mesh, context_impl)
+        if mesh is not None:
+            self.state = jax.device_put(self.state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
         if mesh is not None and mesh.shape["data"] > 1:
             if int(batch_size) % mesh.shape["data"]:
                 raise ConfigError(f"search.batch_size={batch_size} must be a multiple of the mesh's data axis "
                                   f"({mesh.shape['data']}) so every device scores the same number of candidates")
-            replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-            self.state = jax.device_put(self.state, replicated)
             self.item_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
         self.documents = np.asarray(documents, np.int32)
         # loss_mask (D, L) marks the tokens that count (needle answers); the target of position t is token t + 1.
@@ -118,7 +123,8 @@ class FitnessEvaluator:
             # With a mesh, the candidate axis is split over its "data" axis: each device scores its own items.
             items_in = [jax.device_put(x, self.item_sharding) if self.item_sharding else jnp.asarray(x)
                         for x in items_in]
-            nll = _items_mean_nll(self.graphdef, self.state, *items_in, self.original_inv_freq, self.scale)
+            nll = _items_mean_nll(self.graphdef, self.state, *items_in, self.original_inv_freq, self.scale,
+                                  self.context)
             out += [float(v) for v in np.asarray(nll)[:len(chunk)]]
             self.stats["doc_evals"] += len(chunk)
             if self.on_items is not None:

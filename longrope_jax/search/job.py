@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from jax.sharding import Mesh
 
 from longrope_jax.cache import cache_dir
 from longrope_jax.data.documents import first_documents, random_windows
@@ -42,6 +43,13 @@ def scaled_budget(search_cfg: Any) -> dict[str, int]:
     size["parents"] = min(max(size["parents"], 2), size["population"])
     size["generations"] = max(0, int(round(int(search_cfg.generations) * scale)))
     return size
+
+
+def search_mesh(search_cfg: Any) -> Mesh | None:
+    """(data, context) mesh: candidates over `search.data_parallel` devices, each document's tokens over
+    `search.context_parallel` (ring attention, for targets one device cannot hold); None on one device."""
+    data, context = int(search_cfg.data_parallel), int(search_cfg.get("context_parallel", 1))
+    return make_mesh(data=data, context=context) if data * context > 1 else None
 
 
 def run_search(config: Any, workdir: str | Path, model_bundle=None) -> dict:
@@ -102,8 +110,7 @@ def run_search(config: Any, workdir: str | Path, model_bundle=None) -> dict:
     evaluator = FitnessEvaluator(model, documents, space, mscale,
                                  default_inv_freq(base.theta, base.rotary_dim) / base_factors,
                                  int(search_cfg.batch_size), cache, bool(search_cfg.racing), loss_mask,
-                                 make_mesh(data=int(search_cfg.data_parallel)) if int(search_cfg.data_parallel) > 1
-                                 else None)
+                                 search_mesh(search_cfg), config.model.get("context_attention", "ring"))
     state_fingerprint = {"namespace": namespace, "seed": int(search_cfg.seed),
                          "budget": scaled_budget(config.search), "space": repr(space)}
     state = run_generations(evaluator, space, seeds, search_cfg, workdir, state_fingerprint)

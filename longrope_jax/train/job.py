@@ -13,6 +13,7 @@ from longrope_jax.checkpoint import save_model_dir
 from longrope_jax.data.sources import load_token_documents, text_source
 from longrope_jax.eval import methods as rope_methods
 from longrope_jax.eval import plots
+from longrope_jax.distributed import is_primary
 from longrope_jax.io import write_json_atomic
 from longrope_jax.loading import load_from_config
 from longrope_jax.model.state import flatten
@@ -40,15 +41,17 @@ def run_finetune(config: Any, workdir: str | Path, model_bundle=None) -> dict:
     iterators = {"long": train_data.batch_iterator(stream, int(ft.seq_len), int(ft.batch_size), int(ft.seed)),
                  "short": train_data.batch_iterator(stream, int(ft.short_seq_len), int(ft.batch_size),
                                                     int(ft.seed) + 1)}
-    trainer = Trainer(model, cfg, ft, workdir, long_spec)
+    trainer = Trainer(model, cfg, ft, workdir, long_spec, config.model.get("context_attention", "ring"))
     metrics_path = workdir / "metrics.jsonl"
     trainer.run(iterators, metrics_path)
-    records = read_metrics(metrics_path)
-    plots.plot_losses(records, workdir / "loss.png")
+    records = read_metrics(metrics_path) if is_primary() else []
+    if is_primary():
+        plots.plot_losses(records, workdir / "loss.png")
     tuned_cfg = cfg.replace(rope=long_spec)
     save_model_dir(tuned_cfg, flatten(trainer.final_model_params()), workdir / "model", tokenizer=tokenizer)
     summary = {"steps": trainer.step, "first_loss": records[0]["loss"] if records else None,
                "last_loss": records[-1]["loss"] if records else None, "train_documents": sorted(docs),
                "long_rope": long_spec.to_dict(), "seq_len": int(ft.seq_len), "long_ratio": float(ft.long_ratio)}
-    write_json_atomic(workdir / "summary.json", summary)
+    if is_primary():
+        write_json_atomic(workdir / "summary.json", summary)
     return summary

@@ -23,6 +23,8 @@ from tqdm import tqdm
 
 from longrope_jax.errors import CheckpointError, ConfigError
 from longrope_jax.model.config import ModelConfig, config_to_dict
+from longrope_jax.distributed import is_primary
+from longrope_jax.model.context import context_parallel
 from longrope_jax.model.loss import sequence_nll
 from longrope_jax.model.state import merge_params, split_params, unflatten
 from longrope_jax.rope import RopeInputs, RopeSpec, rope_inputs
@@ -55,9 +57,12 @@ def check_memory(model_cfg: ModelConfig, seq_len: int, batch: int) -> None:
 class Trainer:
     """Owns the mesh, the compiled steps and the checkpoint manager of one fine-tuning run."""
 
-    def __init__(self, model, model_cfg: ModelConfig, train_cfg: Any, workdir: str | Path, long_spec: RopeSpec):
+    def __init__(self, model, model_cfg: ModelConfig, train_cfg: Any, workdir: str | Path, long_spec: RopeSpec,
+                 context_impl: str = "ring"):
         self.cfg, self.model_cfg, self.workdir = train_cfg, model_cfg, Path(workdir)
         self.mesh = make_mesh(*[int(v) for v in train_cfg.mesh])
+        # A context axis > 1 splits every sequence over its devices (ring attention, load-balanced).
+        self.context = context_parallel(self.mesh, context_impl)
         self.graphdef, self.template, params = split_params(model)
         shardings = unflatten(param_shardings(model_cfg, self.mesh))
         self.param_shardings = shardings
@@ -85,7 +90,8 @@ class Trainer:
             max_to_keep=int(train_cfg.keep_checkpoints), enable_async_checkpointing=bool(train_cfg.async_checkpoints)))
 
     def _loss(self, params, tokens: jax.Array, rope: RopeInputs) -> jax.Array:
-        return sequence_nll(merge_params(self.graphdef, self.template, params), tokens, rope=rope).mean()
+        return sequence_nll(merge_params(self.graphdef, self.template, params), tokens, rope=rope,
+                            context=self.context).mean()
 
     def _train_step(self, params, opt_state, tokens, rope):
         loss, grads = jax.value_and_grad(self._loss)(params, tokens, rope)
@@ -139,15 +145,18 @@ class Trainer:
         cfg = self.cfg
         resumed = self.restore_latest(iterators)
         history = [m for m in _read_jsonl(metrics_path) if m["step"] <= self.step] if resumed else []
-        _write_jsonl(metrics_path, history)  # drop lines of steps after the checkpoint we resumed from
+        primary = is_primary()  # on a pod, one process writes the run files
+        if primary:
+            _write_jsonl(metrics_path, history)  # drop lines of steps after the checkpoint we resumed from
         out = []
         # stop_after ends this invocation early (time-boxed sessions) without changing the schedule.
         last = min(int(cfg.steps), self.step + int(cfg.stop_after)) if int(cfg.stop_after) else int(cfg.steps)
-        with tqdm(total=int(cfg.steps), initial=self.step, desc="finetune", unit="step") as bar:
+        with tqdm(total=int(cfg.steps), initial=self.step, desc="finetune", unit="step", disable=not primary) as bar:
             while self.step < last:
                 kind = "long" if train_data.step_is_long(self.step, float(cfg.long_ratio), int(cfg.seed)) \
                     else "short"
-                tokens = jax.device_put(next(iterators[kind]), self.batch_sharding)
+                # Each process holds its rows of the global batch (all of them on one host).
+                tokens = jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(next(iterators[kind])))
                 start = time.perf_counter()
                 self.params, self.opt_state, loss = self._step_fn(self.params, self.opt_state, tokens,
                                                                   self.ropes[kind])
@@ -158,7 +167,8 @@ class Trainer:
                           "step_seconds": seconds, "tokens_per_second": tokens.size / seconds}
                 if not np.isfinite(loss):
                     raise ConfigError(f"loss became {loss} at step {self.step}; lower finetune.learning_rate")
-                _append_jsonl(metrics_path, record)
+                if primary:
+                    _append_jsonl(metrics_path, record)
                 out.append(record)
                 self.save(iterators)
                 bar.update(1)
@@ -168,7 +178,10 @@ class Trainer:
         return out
 
     def final_model_params(self) -> dict:
-        """Nested params, gathered to host memory (for export)."""
+        """Nested params, gathered to host memory (for export); on a pod every process gets the full arrays."""
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            return jax.tree.map(np.asarray, multihost_utils.process_allgather(self.params, tiled=True))
         return jax.tree.map(np.asarray, self.params)
 
 
