@@ -1,0 +1,30 @@
+"""The benchmark scripts' own logic (they are run for real by hand; here: small sizes, CPU)."""
+
+import json
+
+import pytest
+
+from benchmarks import mfu
+from longrope_jax.model.config import ModelConfig
+
+
+def test_forward_flops_by_hand():
+    cfg = ModelConfig.from_hf_config(mfu.PRESETS["smollm2_135m"])
+    per_layer = 576 * 576 * 2 + 576 * 192 * 2 + 3 * 576 * 1536  # q+o, k+v, MLP
+    assert per_layer * 30 == 106_168_320  # SmolLM2's 134.5M parameters less the 28.3M tied embedding
+    length = 32768
+    expected = 2 * per_layer * 30 * length + 2 * length * 576 * 49152 + 2 * length ** 2 * 64 * 9 * 30
+    assert mfu.forward_flops(cfg, length) == expected
+    assert mfu.peak_flops("NVIDIA H200") == 989e12 and mfu.peak_flops("TPU v5 lite") == 197e12
+    assert mfu.peak_flops("cpu") is None
+
+
+def test_mfu_script_runs_and_writes_json(tmp_path, capsys):
+    rows = mfu.main(["--presets", "tiny", "--length", "64", "--dtype", "float32", "--repeats", "1",
+                     "--out", str(tmp_path / "mfu.json")])
+    saved = json.loads((tmp_path / "mfu.json").read_text())["rows"]
+    assert saved == json.loads(json.dumps(rows))
+    row = rows[0]
+    assert row["backend"] == "cpu" and row["mfu"] is None and row["tokens_per_s"] > 0
+    assert row["loss"] == pytest.approx(5.545, abs=1.0)  # a random tiny model: near ln(256)
+    assert "tiny" in capsys.readouterr().out
