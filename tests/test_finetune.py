@@ -108,3 +108,9 @@ def test_memory_and_mixing_rules():
     assert not any(train_data.step_is_long(s, 0.0, 0) for s in range(10))
     with pytest.raises(Exception, match="fewer than one sequence"):
         train_data.StreamWindows(np.zeros(10, np.int32), 64)
+
+
+def test_relative_workdir_checkpoints(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # `--workdir runs/x` as users type it: Orbax itself only takes absolute paths
+    assert len(first_losses((1, 1, 1, 1), steps=1, workdir="runs/relative")) == 1
+    assert (tmp_path / "runs" / "relative" / "checkpoints" / "1").is_dir()

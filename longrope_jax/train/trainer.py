@@ -59,7 +59,8 @@ class Trainer:
 
     def __init__(self, model, model_cfg: ModelConfig, train_cfg: Any, workdir: str | Path, long_spec: RopeSpec,
                  context_impl: str = "ring"):
-        self.cfg, self.model_cfg, self.workdir = train_cfg, model_cfg, Path(workdir)
+        # Absolute: Orbax refuses relative checkpoint paths (`--workdir runs/x` is what users type).
+        self.cfg, self.model_cfg, self.workdir = train_cfg, model_cfg, Path(workdir).absolute()
         self.mesh = make_mesh(*[int(v) for v in train_cfg.mesh])
         # A context axis > 1 splits every sequence over its devices (ring attention, load-balanced).
         self.context = context_parallel(self.mesh, context_impl)
