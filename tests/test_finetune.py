@@ -114,3 +114,21 @@ def test_relative_workdir_checkpoints(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # `--workdir runs/x` as users type it: Orbax itself only takes absolute paths
     assert len(first_losses((1, 1, 1, 1), steps=1, workdir="runs/relative")) == 1
     assert (tmp_path / "runs" / "relative" / "checkpoints" / "1").is_dir()
+
+
+def test_failed_async_save_stops_the_run(tmp_path, monkeypatch):
+    import orbax.checkpoint as ocp
+
+    config = tiny(mesh=(1, 1, 1, 1), steps=4, long_ratio=1.0, checkpoint_every=1, async_checkpoints=True)
+    model, cfg, _ = load_from_config(config.model)
+    stream = np.random.default_rng(0).integers(0, 256, 5000).astype(np.int32)
+    iterators = {"long": train_data.batch_iterator(stream, 128, 8, 0),
+                 "short": train_data.batch_iterator(stream, 64, 8, 1)}
+    trainer = Trainer(model, cfg, config.finetune, tmp_path / "run", method_spec(cfg.rope, "yarn", 128))
+    monkeypatch.chdir(tmp_path)
+    # A relative directory makes Orbax's background save thread fail (the bug a relative --workdir once caused).
+    trainer.manager = ocp.CheckpointManager(Path("relative/checkpoints"), options=ocp.CheckpointManagerOptions(
+        enable_async_checkpointing=True))
+    with pytest.raises(Exception, match="absolute"):
+        trainer.run(iterators, tmp_path / "metrics.jsonl")
+    assert trainer.step < 4  # stopped at the first check after the failed save, not after all steps

@@ -154,6 +154,8 @@ class Trainer:
         last = min(int(cfg.steps), self.step + int(cfg.stop_after)) if int(cfg.stop_after) else int(cfg.steps)
         with tqdm(total=int(cfg.steps), initial=self.step, desc="finetune", unit="step", disable=not primary) as bar:
             while self.step < last:
+                # An async save that failed in Orbax's background thread stops the run here, not silently later.
+                self.manager.check_for_errors()
                 kind = "long" if train_data.step_is_long(self.step, float(cfg.long_ratio), int(cfg.seed)) \
                     else "short"
                 # Each process holds its rows of the global batch (all of them on one host).
@@ -176,6 +178,7 @@ class Trainer:
                 bar.set_postfix(loss=f"{loss:.4f}", kind=kind, tok_s=f"{record['tokens_per_second']:.0f}")
         self.save(iterators, force=True)
         self.manager.wait_until_finished()
+        self.manager.check_for_errors()
         return out
 
     def final_model_params(self) -> dict:
