@@ -28,3 +28,14 @@ def test_mfu_script_runs_and_writes_json(tmp_path, capsys):
     assert row["backend"] == "cpu" and row["mfu"] is None and row["tokens_per_s"] > 0
     assert row["loss"] == pytest.approx(5.545, abs=1.0)  # a random tiny model: near ln(256)
     assert "tiny" in capsys.readouterr().out
+
+
+def test_train_benchmark_runs_both_sides_with_matching_losses(tmp_path):
+    from benchmarks import train
+
+    rows = train.main(["--lengths", "64", "--repeats", "1", "--out", str(tmp_path / "train.json")])
+    row = rows[0]
+    assert row["ours_seconds"] > 0 and row["torch_seconds"] > 0 and row["speed_ratio_torch_over_ours"] > 0
+    # Same weights, same text, same AdamW: after one identical update both report the same second-step loss.
+    assert abs(row["ours_loss"] - row["torch_loss"]) < 1e-3
+    assert json.loads((tmp_path / "train.json").read_text())["rows"][0]["length"] == 64
