@@ -89,14 +89,19 @@ def _positions(tokens: jax.Array, positions: jax.Array | None, padded: int) -> j
     return jnp.concatenate([positions, extra], axis=1)
 
 
+def _balanced_hidden(model, tokens: jax.Array, positions: jax.Array | None, rope, context: ContextParallel):
+    """Hidden states of the padded, load-balanced sequence, with the (order, inverse, padded) that made it."""
+    order, inverse, padded = context_order(tokens.shape[1], context.size)
+    pos = _positions(tokens, positions, padded)[:, order]
+    hidden, _ = model.hidden(_reorder(tokens, order, padded, 0), pos, rope, context=context)
+    return hidden, order, inverse, padded
+
+
 def context_hidden(model, tokens: jax.Array, rope, context: ContextParallel,
                    positions: jax.Array | None = None) -> jax.Array:
     """`model.hidden(tokens)` (B, L, E) computed context-parallel, returned in the original token order."""
-    l = tokens.shape[1]
-    order, inverse, padded = context_order(l, context.size)
-    pos = _positions(tokens, positions, padded)[:, order]
-    hidden, _ = model.hidden(_reorder(tokens, order, padded, 0), pos, rope, context=context)
-    return hidden[:, inverse][:, :l]
+    hidden, _, inverse, _ = _balanced_hidden(model, tokens, positions, rope, context)
+    return hidden[:, inverse][:, :tokens.shape[1]]
 
 
 def context_nll(model, tokens: jax.Array, rope, context: ContextParallel,
@@ -105,10 +110,8 @@ def context_nll(model, tokens: jax.Array, rope, context: ContextParallel,
     from longrope_jax.model.loss import chunked_token_nll
 
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
-    n = inputs.shape[1]
-    order, inverse, padded = context_order(n, context.size)
-    pos = _positions(inputs, None if positions is None else positions[:, :-1], padded)[:, order]
-    hidden, _ = model.hidden(_reorder(inputs, order, padded, 0), pos, rope, context=context)
+    hidden, order, inverse, padded = _balanced_hidden(model, inputs, None if positions is None else positions[:, :-1],
+                                                      rope, context)
     chunk, axis = model.cfg.loss_chunk, context.axis
 
     def local_nll(h, kernel, t):  # each device scores its own tokens: the (L, E) hidden is never gathered
@@ -119,4 +122,4 @@ def context_nll(model, tokens: jax.Array, rope, context: ContextParallel,
     nll = jax.jit(jax.shard_map(local_nll, mesh=context.mesh, in_specs=(P(None, axis, None), P(), P(None, axis)),
                                 out_specs=P(None, axis), axis_names=frozenset({axis}), check_vma=False))(
         hidden, model.output_kernel(), _reorder(targets, order, padded, 0))
-    return nll[:, inverse][:, :n]
+    return nll[:, inverse][:, :inputs.shape[1]]
