@@ -6,6 +6,7 @@ All variants score the same generation (mutants of PI/NTK/YaRN) with `FitnessEva
 the search split; the elite (the seeds, fully scored once beforehand) sets the racing threshold as in a real run.
 Variants:
   one_at_a_time   batch_size 1, no racing, no cache (the reference implementation's way)
+  batched         batch_size = --batch candidates vmapped through one compiled function, no racing, no cache
   batched_raced   batch_size = --batch, racing on, no cache
   resumed_cached  the batched_raced generation scored again with a warm fitness cache (a resumed run)
 """
@@ -34,7 +35,7 @@ from longrope_jax.search.space import N_HAT_CHOICES, SearchSpace
 from longrope_jax.tokenizer import load_tokenizer
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--length", type=int, default=4096)
     parser.add_argument("--scale", type=float, default=2.0, help="extension ratio the factors are searched for")
@@ -42,7 +43,7 @@ def main() -> None:
     parser.add_argument("--documents", type=int, default=3)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--out", default="benchmarks/results/search.json")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     import ml_collections
     gguf = smollm2_gguf_path()
@@ -67,19 +68,24 @@ def main() -> None:
     threshold = float(np.sort(elite_nll.mean(axis=1))[1])  # second best seed: the top-k entry bar, k = 2
     best_per_doc = elite_nll.min(axis=0)
 
-    rows = []
+    rows, reference_scores = [], None
     with tempfile.TemporaryDirectory() as tmp:
         cache = FitnessCache(Path(tmp) / "fitness.sqlite", "benchmark")
-        variants = [("one_at_a_time", evaluator(1, False, None)), ("batched_raced", evaluator(args.batch, True, cache)),
+        variants = [("one_at_a_time", evaluator(1, False, None)), ("batched", evaluator(args.batch, False, None)),
+                    ("batched_raced", evaluator(args.batch, True, cache)),
                     ("resumed_cached", evaluator(args.batch, True, cache))]
         for name, ev in variants:
             ev._score_items([(generation[0], 0)])  # compile outside the timing
             ev.stats = {k: 0 for k in ev.stats}
             start = time.perf_counter()
-            ev.evaluate(generation, threshold, best_per_doc)
+            scores = ev.evaluate(generation, threshold, best_per_doc)
             seconds = time.perf_counter() - start
+            reference_scores = reference_scores or scores  # the first variant, one_at_a_time
+            # Same scores whatever the path (raced-out candidates: on the documents they were scored on).
+            gap = max(abs(a - b) for key, nll in scores.items() for a, b in zip(nll, reference_scores[key]))
             rows.append({"variant": name, "seconds_per_generation": seconds,
-                         "seconds_per_candidate": seconds / len(generation), **ev.stats})
+                         "seconds_per_candidate": seconds / len(generation), **ev.stats,
+                         "max_abs_nll_diff_vs_one_at_a_time": gap})
     reference = rows[0]["seconds_per_generation"]
     for row in rows:
         row["speedup_vs_one_at_a_time"] = reference / max(row["seconds_per_generation"], 1e-9)
@@ -91,6 +97,7 @@ def main() -> None:
               f"{r['doc_evals']} | {r['doc_evals_saved']} | {r['cache_hits']} | {r['speedup_vs_one_at_a_time']:.2f}x |")
     write_json_atomic(args.out, {"length": args.length, "documents": args.documents, "batch": args.batch,
                                  "candidates": len(generation), "rows": rows})
+    return rows
 
 
 if __name__ == "__main__":

@@ -32,7 +32,8 @@ def base_config() -> ml_collections.ConfigDict:
         search_n_hat=True, n_hat_choices=N_HAT_CHOICES, critical_dim=0, seed=0, documents=3, windows=True,
         batch_size=4, racing=True, cache="", verdict_documents=1, base_factors="", base_length=0,
         fitness="perplexity", data_parallel=1, context_parallel=1,
-        verdict_methods=("none", "pi", "ntk", "dynamic", "yarn")))
+        verdict_methods=("none", "pi", "ntk", "dynamic", "yarn"), seed_methods=("pi", "ntk", "yarn"),
+        seed_scales=(1.0,), verdict_results=""))
     # Fine-tuning (LongRoPE: e.g. 400 steps at 128k then 600 at 256k for Llama-2 7B). mesh = (data, fsdp, tensor,
     # context). long_ratio < 1 mixes short original-RoPE batches in (LongRoPE2 mixed context windows).
     config.finetune = ml_collections.ConfigDict(dict(

@@ -29,8 +29,22 @@ STAGES = ("search_long", "finetune", "search_final", "search_short", "export", "
 MANIFEST = "manifest.json"
 
 
+# Settings added after workdirs already existed, left out of stage fingerprints while at these values so finished
+# stages of older workdirs still match. verdict_results never matters here: the pipeline turns the verdict off.
+_LATER_DEFAULTS = {"search": {"seed_methods": ["pi", "ntk", "yarn"], "seed_scales": [1.0]}}
+_NOT_FINGERPRINTED = {"search": ("verdict_results",)}
+
+
 def _section(config: Any, name: str) -> dict:
-    return json.loads(json.dumps(config[name].to_dict())) if name in config else {}
+    if name not in config:
+        return {}
+    section = json.loads(json.dumps(config[name].to_dict()))
+    for key, default in _LATER_DEFAULTS.get(name, {}).items():
+        if section.get(key) == default:
+            section.pop(key)
+    for key in _NOT_FINGERPRINTED.get(name, ()):
+        section.pop(key, None)
+    return section
 
 
 class Pipeline:

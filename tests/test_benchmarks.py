@@ -39,3 +39,22 @@ def test_train_benchmark_runs_both_sides_with_matching_losses(tmp_path):
     # Same weights, same text, same AdamW: after one identical update both report the same second-step loss.
     assert abs(row["ours_loss"] - row["torch_loss"]) < 1e-3
     assert json.loads((tmp_path / "train.json").read_text())["rows"][0]["length"] == 64
+
+
+def test_search_benchmark_scores_one_generation_four_ways(tmp_path):
+    from benchmarks import search
+
+    rows = search.main(["--length", "96", "--candidates", "3", "--documents", "2", "--batch", "2",
+                        "--out", str(tmp_path / "search.json")])
+    by_name = {row["variant"]: row for row in rows}
+    saved = json.loads((tmp_path / "search.json").read_text())
+    assert saved["rows"] == json.loads(json.dumps(rows))
+    scored = saved["candidates"] * 2
+    assert list(by_name) == ["one_at_a_time", "batched", "batched_raced", "resumed_cached"]
+    assert saved["candidates"] >= 2 and by_name["one_at_a_time"]["doc_evals"] == scored
+    raced = by_name["batched_raced"]
+    assert raced["doc_evals"] + raced["doc_evals_saved"] == scored
+    assert by_name["resumed_cached"]["doc_evals"] == 0
+    assert by_name["resumed_cached"]["cache_hits"] == saved["candidates"]
+    for row in rows:  # batching, racing and the cache change the cost, never the scores
+        assert row["max_abs_nll_diff_vs_one_at_a_time"] < 1e-5

@@ -84,3 +84,21 @@ def test_pipeline_end_to_end_and_resume_after_kills(tmp_path):
     # A finished stage rerun with other settings is reported, not mixed.
     changed = extend(work, cache, "--config.search.seed=5")
     assert changed.returncode == 1 and "stage search_long already finished" in changed.stderr
+
+
+def test_settings_added_later_keep_older_workdirs_matching(tmp_path):
+    """A finished stage's fingerprint from before search.seed_* / verdict_results existed still matches while they
+    sit at their defaults; changing them is a real settings change."""
+    sys.path.insert(0, str(ROOT))
+    from configs.tiny import get_config
+    from longrope_jax.pipeline import Pipeline
+
+    config = get_config()
+    current = Pipeline(config, tmp_path)._fingerprint("search_long", {})
+    for key in ("seed_methods", "seed_scales", "verdict_results"):
+        assert key not in current["search"]
+    older = json.loads(json.dumps(current))  # what a workdir written before these settings holds
+    config.search.verdict_results = "runs/eval/results.json"  # the pipeline never runs a verdict
+    assert Pipeline(config, tmp_path)._fingerprint("search_long", {}) == older
+    config.search.seed_scales = (1.0, 1.25)
+    assert Pipeline(config, tmp_path)._fingerprint("search_long", {})["search"]["seed_scales"] == [1.0, 1.25]

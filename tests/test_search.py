@@ -181,3 +181,63 @@ def test_candidates_sharded_over_8_devices_score_like_one_device(tmp_path):
     assert sharded["best_perplexity"] == pytest.approx(single["best_perplexity"], rel=1e-5)
     with pytest.raises(ConfigError, match="multiple of the mesh's data axis"):
         run_search(tiny(data_parallel=8, batch_size=4, cache=str(tmp_path / "x.sqlite")), tmp_path / "bad")
+
+
+def test_seeds_at_extra_scales_enter_the_initial_population(tmp_path):
+    from longrope_jax.search.job import seed_factors
+    table = seed_factors(BASE, 16384, ["ntk", "yarn"], [1.0, 1.25])
+    assert list(table) == ["ntk", "yarn", "ntk@20480", "yarn@20480"]
+    np.testing.assert_allclose(table["yarn@20480"], method_factors(BASE, "yarn", 2.5), rtol=1e-6)
+    assert table["yarn@20480"][-1] == pytest.approx(2.5) and table["yarn"][-1] == pytest.approx(2.0)
+    for methods, scales in (([], [1.0]), (["yarn"], [0.0]), (["longrope"], [1.0])):
+        with pytest.raises(ConfigError, match="seed_methods"):
+            seed_factors(BASE, 16384, methods, scales)
+    config = tiny(seed_methods=("yarn",), seed_scales=(1.0, 1.25), generations=0, verdict_documents=0,
+                  cache=str(tmp_path / "s.sqlite"))
+    run_search(config, tmp_path / "seeded")
+    state = json.loads((tmp_path / "seeded" / "search_state.json").read_text())
+    tiny_rope = from_hf_config(dict(head_dim=8, hidden_size=32, num_attention_heads=4, max_position_embeddings=64,
+                                    rope_theta=10000.0))
+    space = SearchSpace("dim_mono", 4, 2.0, n_hat_choices=N_HAT_CHOICES)
+    evaluated = {e["key"] for e in state["population"]}
+    for scale in (2.0, 2.5):  # target 128 / original 64: YaRN at 2x and at 2.5x, both evaluated as they are
+        assert space.key(space.project(method_factors(tiny_rope, "yarn", scale))) in evaluated
+    config.search.seed_scales = (1.0, 1.5)
+    with pytest.raises(ConfigError, match="seeded differently"):
+        run_search(config, tmp_path / "seeded")
+    config.search.update(dict(seed_methods=("pi", "ntk", "yarn"), seed_scales=(1.0, 1.25, 1.5), population=8))
+    with pytest.raises(ConfigError, match="do not fit in a population"):
+        run_search(config, tmp_path / "crowded")
+
+
+def test_verdict_takes_baselines_measured_by_evaluate(tmp_path):
+    from longrope_jax.eval.runner import run_evaluation
+    config = tiny(cache=str(tmp_path / "c.sqlite"), generations=0)
+    config.eval.update(dict(lengths=(128,), methods=("none", "pi"), documents=1))
+    run_evaluation(config, tmp_path / "eval")
+    full = run_search(config, tmp_path / "full")
+    config.search.verdict_results = str(tmp_path / "eval")  # the workdir or its results.json
+    reused = run_search(config, tmp_path / "reused")
+    assert reused["verdict"]["reused_from_evaluation"] == ["none", "pi"]
+    assert full["verdict"]["reused_from_evaluation"] == []
+    for method, value in full["verdict"]["perplexity"].items():
+        assert reused["verdict"]["perplexity"][method] == pytest.approx(value, rel=1e-5)
+    # Results on other documents or another model must never be mixed into the verdict; checked before searching.
+    config.search.target_length = 256
+    with pytest.raises(ConfigError, match=r"no 256-token results .* only lengths 128\)"):
+        run_search(config, tmp_path / "longer")
+    config.search.target_length = 128
+    config.search.verdict_results = str(tmp_path / "missing" / "results.json")
+    with pytest.raises(ConfigError, match="does not exist"):
+        run_search(config, tmp_path / "missing_file")
+    config.search.verdict_results = str(tmp_path / "eval" / "results.json")
+    config.model.loss_chunk = 32
+    with pytest.raises(ConfigError, match="different model settings"):
+        run_search(config, tmp_path / "other_model")
+    config.model.loss_chunk = 64
+    config.eval.split = "search"
+    run_evaluation(config, tmp_path / "other")
+    config.search.verdict_results = str(tmp_path / "other" / "results.json")
+    with pytest.raises(ConfigError, match="different split"):
+        run_search(config, tmp_path / "bad")
+    assert not (tmp_path / "bad" / "search_state.json").exists()  # refused up front, before any search

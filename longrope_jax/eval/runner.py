@@ -48,6 +48,12 @@ def _methods(eval_cfg: Any) -> list[str]:
     return names
 
 
+def model_record(config: Any) -> dict:
+    """Every model setting (path, dtype, attention, ...), stored beside the results so others can tell whether
+    they were measured on the same model (`search.verdict_results`)."""
+    return json.loads(json.dumps(config.model.to_dict()))
+
+
 def _fingerprint(config: Any) -> dict:
     """What must not change between a run and its resumption (JSON-normalised: tuples become lists)."""
     return json.loads(json.dumps({"model": config.model.path, "data": config.data.to_dict(),
@@ -86,6 +92,7 @@ def run_evaluation(config: Any, workdir: str | Path) -> dict:
     specs = {(m, length): rope_methods.method_spec(cfg.rope, m, length, eval_cfg.factors or None)
              for m in names for length in lengths}
     results["documents"] = {str(length): batches[length][1] for length in lengths}
+    results["model"] = model_record(config)
     per_batch = max(1, int(eval_cfg.candidates_per_batch))
     todo = [(length, d, names[i:i + per_batch]) for length in lengths for d in range(eval_cfg.documents)
             for i in range(0, len(names), per_batch)]

@@ -7,7 +7,9 @@ summary.json (target, budget, search and held-out documents, per-method perplexi
 
 from __future__ import annotations
 
+import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,27 @@ from longrope_jax.search.runner import best_candidate, run_generations
 from longrope_jax.search.space import space_from_config
 
 SEED_METHODS = ("pi", "ntk", "yarn")
+
+
+SEEDABLE = ("pi", "ntk", "dynamic", "yarn")
+
+
+def seed_factors(seed_base: RopeSpec, target: int, methods=SEED_METHODS, scales=(1.0,)) -> dict[str, np.ndarray]:
+    """λ of the seed methods sized for each length `target · scale` ("yarn" at the target itself, "yarn@40960"
+    otherwise): classic methods sized for a longer context than the target are often better at the target, and
+    the search space's upper bound (1.25·s by default) admits them (larger factors are clipped to it)."""
+    methods, scales = list(methods), [float(x) for x in scales]
+    unknown = [m for m in methods if m not in SEEDABLE]
+    if unknown or not methods or not scales or min(scales) <= 0:
+        raise ConfigError(f"search.seed_methods={methods} / search.seed_scales={scales} give no valid seeds; use "
+                          f"methods from {', '.join(SEEDABLE)} and positive scales, e.g. "
+                          "--config.search.seed_methods=pi,ntk,yarn --config.search.seed_scales=1.0,1.25")
+    seeds: dict[str, np.ndarray] = {}
+    for length in dict.fromkeys(int(round(target * scale)) for scale in scales):
+        suffix = "" if length == target else f"@{length}"
+        for name, factors in rope_methods.method_factors_table(seed_base, length, tuple(methods)).items():
+            seeds[name + suffix] = np.asarray(factors)
+    return seeds
 
 
 def scaled_budget(search_cfg: Any) -> dict[str, int]:
@@ -101,7 +124,19 @@ def run_search(config: Any, workdir: str | Path, model_bundle=None) -> dict:
         documents, used = first_documents(search_docs, target, int(search_cfg.documents), add_bos, cfg.bos_token_id)
     seed_base = RopeSpec(head_dim=base.head_dim, theta=base.theta, partial_rotary_factor=base.partial_rotary_factor,
                          max_position_embeddings=base_length)
-    seeds = [np.asarray(v) for v in rope_methods.method_factors_table(seed_base, target, SEED_METHODS).values()]
+    seeds = list(seed_factors(seed_base, target, as_list(search_cfg.seed_methods),
+                              as_list(search_cfg.seed_scales)).values())
+    if len(seeds) > int(search_cfg.population):
+        raise ConfigError(f"{len(seeds)} seeds (search.seed_methods × search.seed_scales) do not fit in a population "
+                          f"of {search_cfg.population}; raise search.population or use fewer seeds")
+    # Check a verdict_results file before hours of search, not after.
+    baselines = {}
+    if search_cfg.verdict_documents and search_cfg.verdict_results:
+        if model_bundle is not None:
+            raise ConfigError("search.verdict_results cannot be used with a model handed in by the pipeline (its "
+                              "baselines were measured on config.model); leave it empty")
+        baselines = _measured_baselines(config, search_cfg.verdict_results, target,
+                                        _held_out(config, cfg, tokenizer, target)[1])
     model_id = fingerprint(config_to_dict(cfg)["rope"], np.asarray(model.embed_tokens[...][:4]),
                            np.asarray(model.layers.self_attn.q_proj[...][0, :4]))
     namespace = fingerprint(model_id, documents, target, round(mscale, 9), space.kind, space.critical_dim,
@@ -115,10 +150,12 @@ def run_search(config: Any, workdir: str | Path, model_bundle=None) -> dict:
                          "budget": scaled_budget(config.search), "space": repr(space)}
     state = run_generations(evaluator, space, seeds, search_cfg, workdir, state_fingerprint)
     best, best_ppl = best_candidate(state)
-    summary = _write_outputs(config, workdir, cfg, best, best_ppl, state, mscale, target, seeds, used,
+    reference = list(seed_factors(seed_base, target).values())
+    summary = _write_outputs(config, workdir, cfg, best, best_ppl, state, mscale, target, reference, used,
                              base_factors)
     if search_cfg.verdict_documents:
-        summary["verdict"] = _verdict(config, model, cfg, tokenizer, workdir / "rope_scaling.json", target)
+        summary["verdict"] = _verdict(config, model, cfg, tokenizer, workdir / "rope_scaling.json", target,
+                                      baselines)
         write_json_atomic(workdir / "summary.json", summary)
     return summary
 
@@ -143,15 +180,68 @@ def _write_outputs(config, workdir, cfg, best, best_ppl, state, mscale, target, 
     return summary
 
 
-def _verdict(config, model, cfg, tokenizer, factors_path: Path, target: int) -> dict:
-    """Per-method perplexity on held-out documents the search never saw."""
+def _held_out(config, cfg, tokenizer, target: int) -> tuple[np.ndarray, list[str]]:
     docs = load_token_documents(text_source(config.data, config.data.held_out_split), tokenizer)
-    tokens, names = first_documents(docs, target, int(config.search.verdict_documents), bool(config.data.add_bos),
-                                    cfg.bos_token_id)
+    return first_documents(docs, target, int(config.search.verdict_documents), bool(config.data.add_bos),
+                           cfg.bos_token_id)
+
+
+def _verdict(config, model, cfg, tokenizer, factors_path: Path, target: int, reused: dict[str, float]) -> dict:
+    """Per-method perplexity on held-out documents the search never saw; `reused` holds baselines already
+    measured by `experiments.evaluate` (`search.verdict_results`), which are not recomputed."""
+    tokens, names = _held_out(config, cfg, tokenizer, target)
     methods = [m for m in as_list(config.search.verdict_methods)] + ["longrope"]
-    specs = [rope_methods.method_spec(cfg.rope, m, target, factors_path) for m in methods]
-    ppl = PerplexityEvaluator(model).perplexity(tokens, specs)
-    table = {("searched" if m == "longrope" else m): float(p) for m, p in zip(methods, ppl)}
+    todo = [m for m in methods if m == "longrope" or m not in reused]
+    specs = [rope_methods.method_spec(cfg.rope, m, target, factors_path) for m in todo]
+    ppl = dict(zip(todo, PerplexityEvaluator(model).perplexity(tokens, specs)))
+    table = {("searched" if m == "longrope" else m): float(ppl[m] if m in ppl else reused[m]) for m in methods}
     finite = {m: p for m, p in table.items() if math.isfinite(p)}
     return {"held_out_documents": names, "length": target, "perplexity": table,
-            "best_method": min(finite, key=finite.get) if finite else None}
+            "best_method": min(finite, key=finite.get) if finite else None,
+            "reused_from_evaluation": sorted(m for m in methods if m in reused and m != "longrope"),
+            "verdict_results": str(config.search.verdict_results or "")}
+
+
+def _measured_baselines(config, results_path: str, target: int, names: list[str]) -> dict[str, float]:
+    """{method: perplexity} from an `experiments.evaluate` results.json (or its workdir) made with the same model
+    settings, data config and held-out documents at `target` (at 32k each baseline is minutes of CPU); a file
+    that does not match is an error, never silently mixed in."""
+    from longrope_jax.eval.runner import RESULTS, model_record
+    from longrope_jax.io import read_json
+    path = Path(results_path)
+    path = path / RESULTS if path.is_dir() else path
+    hint = "point search.verdict_results at <evaluate workdir>/results.json or leave it empty"
+    if not path.exists():
+        raise ConfigError(f"search.verdict_results: {path} does not exist; {hint}")
+    results = read_json(path, default=None)
+    if not isinstance(results, dict) or "fingerprint" not in results:
+        raise ConfigError(f"search.verdict_results: {path} is not an experiments.evaluate results.json; {hint}")
+    measured = results["fingerprint"]
+    expected = {"model": config.model.path, "data": json.loads(json.dumps(config.data.to_dict())),
+                "split": config.data.held_out_split}
+    for field, value in expected.items():
+        if measured.get(field) != value:
+            if isinstance(value, dict):
+                diff = sorted(k for k in set(value) | set(measured.get(field) or {})
+                              if value.get(k) != (measured.get(field) or {}).get(k))
+                raise ConfigError(f"search.verdict_results: {path} was measured with different data settings "
+                                  f"({', '.join(diff)}); use matching results or leave it empty")
+            raise ConfigError(f"search.verdict_results: {path} was measured with a different {field} "
+                              f"({measured.get(field)!r}, this search: {value!r}); use matching results or leave "
+                              f"it empty")
+    if "model" not in results:  # written before results recorded the model settings: only its path was checked
+        print(f"warning: {path} does not record the model settings; reusing it on the model path alone",
+              file=sys.stderr)
+    elif results["model"] != model_record(config):
+        raise ConfigError(f"search.verdict_results: {path} was measured with different model settings (dtype, "
+                          f"attention, ...); use matching results or leave it empty")
+    available = results.get("documents", {}).get(str(target))
+    if available is None or available[:len(names)] != names:
+        has = (f"documents {available} at {target}" if available is not None else
+               f"only lengths {', '.join(sorted(results.get('documents', {}), key=int))}")
+        raise ConfigError(f"search.verdict_results: {path} has no {target}-token results on the held-out documents "
+                          f"{names} (it has {has}); evaluate them at that length or leave search.verdict_results "
+                          "empty")
+    by_method = results.get("nll", {}).get(str(target), {})
+    return {m: float(np.exp(np.mean(v[:len(names)]))) for m, v in by_method.items()
+            if m != "longrope" and len(v) >= len(names)}

@@ -36,9 +36,13 @@ def run_generations(evaluator: FitnessEvaluator, space: SearchSpace, seeds: list
     if state is not None and state.get("fingerprint") != fingerprint:
         raise ConfigError(f"{workdir / STATE} belongs to a search with different settings (model, data, length or "
                           f"search space); use a new --workdir or remove it")
+    seed_keys = [space.key(space.project(np.asarray(s))) for s in seeds]
+    if state is not None and state.get("seeds", seed_keys) != seed_keys:
+        raise ConfigError(f"{workdir / STATE} was seeded differently (search.seed_methods / search.seed_scales); use "
+                          f"a new --workdir or restore the seed settings")
     if state is None:
         state = {"fingerprint": fingerprint, "generation": 0, "population": [], "history": [], "pending": None,
-                 "stats": {}}
+                 "stats": {}, "seeds": seed_keys}
     base_key = jax.random.key(int(search_cfg.seed))
     generations = int(search_cfg.generations)
     num_docs = evaluator.num_documents
