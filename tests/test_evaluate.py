@@ -146,3 +146,13 @@ def test_cli_overrides_and_clear_errors(tmp_path):
                              "--workdir", str(tmp_path / "w2"), f"--config.eval.factors={tmp_path / 'bad.csv'}"],
                             cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 1 and "has 2 long factors but this model needs 4" in result.stderr
+
+
+def test_evaluate_runs_passkey_and_plots_it(tmp_path):
+    # The CLI's passkey path once passed an argument passkey_accuracy does not take; run it end to end.
+    config = tiny_config(lengths=(64,), methods=("none", "yarn"), passkey_lengths=(320,), passkey_trials=2)
+    results = run_evaluation(config, tmp_path / "passkey")
+    assert set(results["passkey"]) == {"none", "yarn"}
+    assert all(0.0 <= by_length["320"] <= 1.0 for by_length in results["passkey"].values())
+    assert read_json(tmp_path / "passkey" / "results.json")["passkey"] == results["passkey"]
+    assert (tmp_path / "passkey" / "passkey.png").exists()

@@ -140,7 +140,7 @@ def _run_passkey(config, results, workdir, model, cfg, tokenizer) -> None:
             continue
         spec = rope_methods.method_spec(cfg.rope, m, length, eval_cfg.factors or None)
         outcome = passkey_accuracy(model, tokenizer, spec, length, trials=eval_cfg.passkey_trials,
-                                   seed=eval_cfg.seed, bos_id=cfg.bos_token_id if config.data.add_bos else None)
+                                   seed=eval_cfg.seed, add_bos=bool(config.data.add_bos))
         results["passkey"].setdefault(m, {})[str(length)] = outcome["accuracy"]
         write_json_atomic(workdir / RESULTS, results)
 
