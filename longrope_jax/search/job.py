@@ -130,13 +130,14 @@ def run_search(config: Any, workdir: str | Path, model_bundle=None) -> dict:
         raise ConfigError(f"{len(seeds)} seeds (search.seed_methods × search.seed_scales) do not fit in a population "
                           f"of {search_cfg.population}; raise search.population or use fewer seeds")
     # Check a verdict_results file before hours of search, not after.
-    baselines = {}
+    baselines, held_out = {}, None
+    if search_cfg.verdict_documents:
+        held_out = _held_out(config, cfg, tokenizer, target)  # tokenised once: the checks below and the verdict
     if search_cfg.verdict_documents and search_cfg.verdict_results:
         if model_bundle is not None:
             raise ConfigError("search.verdict_results cannot be used with a model handed in by the pipeline (its "
                               "baselines were measured on config.model); leave it empty")
-        baselines = _measured_baselines(config, search_cfg.verdict_results, target,
-                                        _held_out(config, cfg, tokenizer, target)[1])
+        baselines = _measured_baselines(config, search_cfg.verdict_results, target, held_out[1])
     model_id = fingerprint(config_to_dict(cfg)["rope"], np.asarray(model.embed_tokens[...][:4]),
                            np.asarray(model.layers.self_attn.q_proj[...][0, :4]))
     namespace = fingerprint(model_id, documents, target, round(mscale, 9), space.kind, space.critical_dim,
@@ -154,7 +155,7 @@ def run_search(config: Any, workdir: str | Path, model_bundle=None) -> dict:
     summary = _write_outputs(config, workdir, cfg, best, best_ppl, state, mscale, target, reference, used,
                              base_factors)
     if search_cfg.verdict_documents:
-        summary["verdict"] = _verdict(config, model, cfg, tokenizer, workdir / "rope_scaling.json", target,
+        summary["verdict"] = _verdict(config, model, cfg, held_out, workdir / "rope_scaling.json", target,
                                       baselines)
         write_json_atomic(workdir / "summary.json", summary)
     return summary
@@ -186,10 +187,11 @@ def _held_out(config, cfg, tokenizer, target: int) -> tuple[np.ndarray, list[str
                            cfg.bos_token_id)
 
 
-def _verdict(config, model, cfg, tokenizer, factors_path: Path, target: int, reused: dict[str, float]) -> dict:
+def _verdict(config, model, cfg, held_out: tuple[np.ndarray, list[str]], factors_path: Path, target: int,
+             reused: dict[str, float]) -> dict:
     """Per-method perplexity on held-out documents the search never saw; `reused` holds baselines already
     measured by `experiments.evaluate` (`search.verdict_results`), which are not recomputed."""
-    tokens, names = _held_out(config, cfg, tokenizer, target)
+    tokens, names = held_out
     methods = [m for m in as_list(config.search.verdict_methods)] + ["longrope"]
     todo = [m for m in methods if m == "longrope" or m not in reused]
     specs = [rope_methods.method_spec(cfg.rope, m, target, factors_path) for m in todo]
