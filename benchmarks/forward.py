@@ -69,7 +69,7 @@ def _tokens(length: int) -> list[int]:
     return ids[:length]
 
 
-def _run_ours(length: int, repeats: int, block_q: int | None, block_kv: int | None) -> dict:
+def _run_ours(length: int, repeats: int, block_q: int | None, block_kv: int | None, dtype: str) -> dict:
     import jax
     import jax.numpy as jnp
     from flax import nnx
@@ -79,7 +79,8 @@ def _run_ours(length: int, repeats: int, block_q: int | None, block_kv: int | No
     from longrope_jax.model.loss import sequence_nll
 
     overrides = {k: v for k, v in (("block_q", block_q), ("block_kv", block_kv)) if v is not None}
-    model, cfg = longrope_jax.load_model(smollm2_gguf_path(), attention="blockwise", **overrides)
+    # dtype is the compute dtype (activations and matmul inputs, float32 accumulation); parameters stay float32.
+    model, cfg = longrope_jax.load_model(smollm2_gguf_path(), attention="blockwise", dtype=dtype, **overrides)
     tokens = jnp.asarray([_tokens(length)], jnp.int32)
     graphdef, state = nnx.split(model)
     del model
@@ -102,10 +103,10 @@ def _run_ours(length: int, repeats: int, block_q: int | None, block_kv: int | No
     fwd_peak = _maxrss() if reset else None
     return {"seconds": min(times), "times": times, "compile_s": compile_s, "loss": value, "base_bytes": base,
             "fwd_peak_bytes": fwd_peak, "peak_bytes": max(load_peak, fwd_peak or 0),
-            "block_q": cfg.block_q, "block_kv": cfg.block_kv, "jax": jax.__version__}
+            "block_q": cfg.block_q, "block_kv": cfg.block_kv, "dtype": cfg.dtype, "jax": jax.__version__}
 
 
-def _run_torch(length: int, repeats: int) -> dict:
+def _run_torch(length: int, repeats: int, dtype: str) -> dict:
     import torch
     import transformers
 
@@ -113,7 +114,7 @@ def _run_torch(length: int, repeats: int) -> dict:
 
     path = smollm2_gguf_path()
     model = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
-                                                              dtype=torch.float32).eval()
+                                                              dtype=getattr(torch, dtype)).eval()
     ids = torch.tensor([_tokens(length)], dtype=torch.long)
     with torch.no_grad():  # warm-up on a short prefix (first-call allocations, kernel selection)
         model(ids[:, :128], labels=ids[:, :128])
@@ -132,21 +133,21 @@ def _run_torch(length: int, repeats: int) -> dict:
     return {"seconds": min(times), "times": times, "compile_s": None, "loss": value, "base_bytes": base,
             "fwd_peak_bytes": fwd_peak, "peak_bytes": max(load_peak, fwd_peak or 0),
             "attn_implementation": model.config._attn_implementation, "torch": torch.__version__,
-            "transformers": transformers.__version__, "threads": torch.get_num_threads()}
+            "transformers": transformers.__version__, "threads": torch.get_num_threads(), "dtype": dtype}
 
 
 def _worker(args: argparse.Namespace) -> None:
     repeats = args.repeats or (3 if args.length <= 4096 else 1)
     if args.worker == "ours":
-        result = _run_ours(args.length, repeats, args.block_q, args.block_kv)
+        result = _run_ours(args.length, repeats, args.block_q, args.block_kv, args.dtype)
     else:
-        result = _run_torch(args.length, repeats)
+        result = _run_torch(args.length, repeats, args.dtype)
     result.update(impl=args.worker, length=args.length, repeats=repeats, tokens_per_s=args.length / result["seconds"])
     print("RESULT " + json.dumps(result), flush=True)
 
 
 def _spawn(impl: str, length: int, args: argparse.Namespace) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", impl, "--length", str(length)]
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", impl, "--length", str(length), "--dtype", args.dtype]
     for flag, value in (("--repeats", args.repeats), ("--block-q", args.block_q), ("--block-kv", args.block_kv)):
         if value is not None:
             cmd += [flag, str(value)]
@@ -173,6 +174,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=None, help="forward passes per run (best is reported)")
     parser.add_argument("--block-q", type=int, default=None, help="override ModelConfig.block_q for ours")
     parser.add_argument("--block-kv", type=int, default=None, help="override ModelConfig.block_kv for ours")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="compute dtype of both sides (ours: activations and matmul inputs, float32 "
+                             "accumulation and parameters; torch: the whole model)")
     parser.add_argument("--worker", choices=("ours", "torch"), help=argparse.SUPPRESS)
     parser.add_argument("--length", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -6,8 +6,10 @@ All variants score the same generation (mutants of PI/NTK/YaRN) with `FitnessEva
 the search split; the elite (the seeds, fully scored once beforehand) sets the racing threshold as in a real run.
 Variants:
   one_at_a_time   batch_size 1, no racing, no cache (the reference implementation's way)
-  batched         batch_size = --batch candidates vmapped through one compiled function, no racing, no cache
-  batched_raced   batch_size = --batch, racing on, no cache
+  batched         batch_size = --batch candidates per call of one compiled function, no racing, no cache;
+                  model.vmap_width "auto" (on CPU one at a time inside the call, on accelerators all vmapped)
+  batched_vmap_all  the same with every candidate of the call vmapped at once (vmap_width 0, the accelerator path)
+  batched_raced   batch_size = --batch, vmap_width "auto", racing on, no cache
   resumed_cached  the batched_raced generation scored again with a warm fitness cache (a resumed run)
 """
 
@@ -60,8 +62,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     mscale = attention_scale(longrope_spec(base, [1.0] * base.half_dim, max_position_embeddings=target))
     inv_freq = default_inv_freq(base.theta, base.rotary_dim)
 
-    def evaluator(batch: int, racing: bool, cache: FitnessCache | None) -> FitnessEvaluator:
-        return FitnessEvaluator(model, documents, space, mscale, inv_freq, batch, cache, racing)
+    def evaluator(batch: int, racing: bool, cache: FitnessCache | None, vmap_width: str = "auto"
+                  ) -> FitnessEvaluator:
+        return FitnessEvaluator(model, documents, space, mscale, inv_freq, batch, cache, racing,
+                                vmap_width=vmap_width)
 
     elite = evaluator(args.batch, False, None).evaluate(seeds)
     elite_nll = np.asarray(list(elite.values()))
@@ -72,6 +76,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         cache = FitnessCache(Path(tmp) / "fitness.sqlite", "benchmark")
         variants = [("one_at_a_time", evaluator(1, False, None)), ("batched", evaluator(args.batch, False, None)),
+                    ("batched_vmap_all", evaluator(args.batch, False, None, "0")),
                     ("batched_raced", evaluator(args.batch, True, cache)),
                     ("resumed_cached", evaluator(args.batch, True, cache))]
         for name, ev in variants:
@@ -83,17 +88,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
             reference_scores = reference_scores or scores  # the first variant, one_at_a_time
             # Same scores whatever the path (raced-out candidates: on the documents they were scored on).
             gap = max(abs(a - b) for key, nll in scores.items() for a, b in zip(nll, reference_scores[key]))
-            rows.append({"variant": name, "seconds_per_generation": seconds,
+            rows.append({"variant": name, "vmap_width": ev.vmap_width or args.batch,
+                         "seconds_per_generation": seconds,
                          "seconds_per_candidate": seconds / len(generation), **ev.stats,
                          "max_abs_nll_diff_vs_one_at_a_time": gap})
     reference = rows[0]["seconds_per_generation"]
     for row in rows:
         row["speedup_vs_one_at_a_time"] = reference / max(row["seconds_per_generation"], 1e-9)
     print(f"SmolLM2-135M, {len(generation)} candidates × {args.documents} documents of {args.length} tokens")
-    print(f"| variant | s/generation | s/candidate | doc evals | saved by racing | cache hits | speed-up |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"| variant | vmapped | s/generation | s/candidate | doc evals | saved by racing | cache hits | speed-up |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['variant']} | {r['seconds_per_generation']:.1f} | {r['seconds_per_candidate']:.1f} | "
+        print(f"| {r['variant']} | {r['vmap_width']} | {r['seconds_per_generation']:.1f} | "
+              f"{r['seconds_per_candidate']:.1f} | "
               f"{r['doc_evals']} | {r['doc_evals_saved']} | {r['cache_hits']} | {r['speedup_vs_one_at_a_time']:.2f}x |")
     write_json_atomic(args.out, {"length": args.length, "documents": args.documents, "batch": args.batch,
                                  "candidates": len(generation), "rows": rows})

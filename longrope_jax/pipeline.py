@@ -32,7 +32,7 @@ MANIFEST = "manifest.json"
 # Settings added after workdirs already existed, left out of stage fingerprints while at these values so finished
 # stages of older workdirs still match. verdict_results never matters here: the pipeline turns the verdict off.
 _LATER_DEFAULTS = {"search": {"seed_methods": ["pi", "ntk", "yarn"], "seed_scales": [1.0]}}
-_NOT_FINGERPRINTED = {"search": ("verdict_results",)}
+_NOT_FINGERPRINTED = {"search": ("verdict_results",), "model": ("vmap_width",)}  # never change the results
 
 
 def _section(config: Any, name: str) -> dict:

@@ -50,7 +50,8 @@ def test_search_benchmark_scores_one_generation_four_ways(tmp_path):
     saved = json.loads((tmp_path / "search.json").read_text())
     assert saved["rows"] == json.loads(json.dumps(rows))
     scored = saved["candidates"] * 2
-    assert list(by_name) == ["one_at_a_time", "batched", "batched_raced", "resumed_cached"]
+    assert list(by_name) == ["one_at_a_time", "batched", "batched_vmap_all", "batched_raced", "resumed_cached"]
+    assert by_name["batched_vmap_all"]["vmap_width"] == 2 and by_name["batched"]["vmap_width"] == 1  # CPU: auto
     assert saved["candidates"] >= 2 and by_name["one_at_a_time"]["doc_evals"] == scored
     raced = by_name["batched_raced"]
     assert raced["doc_evals"] + raced["doc_evals_saved"] == scored
@@ -58,3 +59,13 @@ def test_search_benchmark_scores_one_generation_four_ways(tmp_path):
     assert by_name["resumed_cached"]["cache_hits"] == saved["candidates"]
     for row in rows:  # batching, racing and the cache change the cost, never the scores
         assert row["max_abs_nll_diff_vs_one_at_a_time"] < 1e-5
+
+
+def test_batched_eval_benchmark_times_three_ways_with_equal_scores(tmp_path):
+    from benchmarks import batched_eval
+
+    rows = batched_eval.main(["--length", "64", "--candidates", "3", "--out", str(tmp_path / "b.json")])
+    assert [r["variant"] for r in rows] == ["separate", "batched (auto)", "batched (vmap all)"]
+    assert [r["vmap_width"] for r in rows] == [1, 1, 3]  # CPU: "auto" is one at a time
+    assert all(r["seconds"] > 0 and r["max_abs_nll_diff_vs_separate"] < 1e-5 for r in rows)
+    assert json.loads((tmp_path / "b.json").read_text())["rows"] == json.loads(json.dumps(rows))

@@ -39,14 +39,29 @@ def test_batch_of_8_candidates_equals_8_separate_evaluations(smollm2):
     original = rope_inputs(cfg.rope, length).original_inv_freq
     ropes = [longrope_inputs(original, np.sort(rng.uniform(1, 4, 32)), 1.0 + 0.02 * i, n_hat=4 * (i % 2))
              for i in range(8)]
-    evaluator = PerplexityEvaluator(model)
     documents = tokens[None, :length]
-    batched = evaluator.mean_nll(documents, stack_ropes(ropes))[:, 0]
-    for i, rope in enumerate(ropes):
-        single = evaluator.mean_nll(documents, stack_ropes([rope]))[0, 0]
+    separate = []
+    for rope in ropes:
+        single = PerplexityEvaluator(model, vmap_width=0).mean_nll(documents, stack_ropes([rope]))[0, 0]
         direct = float(sequence_nll(model, jnp.asarray(documents), rope=rope).mean())
-        assert abs(batched[i] - single) < 1e-5 and abs(single - direct) < 1e-5
+        assert abs(single - direct) < 1e-5
+        separate.append(single)
+    # All 8 vmapped at once (accelerators), one at a time (CPU's "auto") and 3 at a time with a ragged last chunk.
+    for width in (0, 1, 3):
+        batched = PerplexityEvaluator(model, vmap_width=width).mean_nll(documents, stack_ropes(ropes))[:, 0]
+        np.testing.assert_allclose(batched, separate, atol=1e-5, rtol=0)
     assert len(set(np.round(batched, 4))) == 8  # the candidates really differ
+
+
+def test_vmap_width_setting():
+    from longrope_jax.eval.perplexity import default_vmap_width, resolve_vmap_width
+
+    assert default_vmap_width("cpu") == 1 and default_vmap_width("tpu") is None and default_vmap_width("gpu") is None
+    assert resolve_vmap_width("auto") == default_vmap_width()
+    assert resolve_vmap_width(0) is None and resolve_vmap_width(None) is None and resolve_vmap_width(4) == 4
+    for bad in (-1, "fast"):
+        with pytest.raises(ConfigError, match="model.vmap_width"):
+            resolve_vmap_width(bad)
 
 
 @pytest.fixture(scope="module")
@@ -156,3 +171,26 @@ def test_evaluate_runs_passkey_and_plots_it(tmp_path):
     assert all(0.0 <= by_length["320"] <= 1.0 for by_length in results["passkey"].values())
     assert read_json(tmp_path / "passkey" / "results.json")["passkey"] == results["passkey"]
     assert (tmp_path / "passkey" / "passkey.png").exists()
+
+
+def test_evaluate_passkey_resumes_mid_cell(tmp_path, monkeypatch):
+    # Every passkey trial is saved as it ends; a run killed inside a cell re-runs only the missing trials.
+    from longrope_jax.eval import passkey
+    from longrope_jax.io import write_json_atomic
+
+    config = tiny_config(lengths=(64,), methods=("none",), passkey_lengths=(320,), passkey_methods=("none",),
+                         passkey_trials=3)
+    full = run_evaluation(config, tmp_path / "a")
+    records = full["passkey_records"]["none"]["320"]
+    assert len(records) == 3 and full["passkey"]["none"]["320"] == sum(r["correct"] for r in records) / 3
+    killed = read_json(tmp_path / "a" / "results.json")  # as if killed after the first trial of the cell
+    del killed["passkey"]["none"]
+    killed["passkey_records"]["none"]["320"] = records[:1]
+    write_json_atomic(tmp_path / "a" / "results.json", killed)
+    calls = []
+    real_generate = passkey.generate
+    monkeypatch.setattr(passkey, "generate", lambda *a, **k: calls.append(1) or real_generate(*a, **k))
+    resumed = run_evaluation(config, tmp_path / "a")
+    assert len(calls) == 2
+    assert resumed["passkey_records"]["none"]["320"] == records
+    assert resumed["passkey"] == full["passkey"]

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from longrope_jax.errors import ConfigError
 from longrope_jax.eval import passkey
 from longrope_jax.eval.passkey import (FILLER, NEEDLE, QUESTION, TASK, needle_grid, parse_first_integer,
                                        passkey_accuracy, passkey_prompt, plot_needle_heatmap, score_continuation)
@@ -107,6 +108,23 @@ def test_accuracy_on_tiny_random_model(tokenizer):
     again = passkey_accuracy(model, tokenizer, None, 160, trials=3, seed=1, max_new_tokens=4, depths=[0.2, 0.8],
                              add_bos=True)
     assert [r["key"] for r in again["records"]] == [r["key"] for r in result["records"]]  # seeded
+
+
+def test_accuracy_resumes_from_saved_trials(tokenizer):
+    # A killed run keeps its finished trials: resuming from them runs only the rest and ends with the same records.
+    model = tiny_model(tokenizer.get_vocab_size())
+    full = passkey_accuracy(model, tokenizer, None, 160, trials=3, seed=4, max_new_tokens=4, add_bos=True)
+    saved = []
+    resumed = passkey_accuracy(model, tokenizer, None, 160, trials=3, seed=4, max_new_tokens=4, add_bos=True,
+                               done=full["records"][:1], on_trial=saved.append)
+    assert resumed["records"] == full["records"] and resumed["accuracy"] == full["accuracy"]
+    assert saved == full["records"][1:]  # only the two missing trials ran
+    forged = [dict(full["records"][0], key=full["records"][0]["key"] % 50000 + 1)]
+    with pytest.raises(ConfigError, match="do not match seed 4"):
+        passkey_accuracy(model, tokenizer, None, 160, trials=3, seed=4, max_new_tokens=4, add_bos=True, done=forged)
+    with pytest.raises(ConfigError, match="do not match"):
+        passkey_accuracy(model, tokenizer, None, 160, trials=2, seed=4, max_new_tokens=4, add_bos=True,
+                         done=full["records"])
 
 
 def _oracle_generate(tokenizer, wrong_every: int = 0):

@@ -97,8 +97,10 @@ def test_settings_added_later_keep_older_workdirs_matching(tmp_path):
     current = Pipeline(config, tmp_path)._fingerprint("search_long", {})
     for key in ("seed_methods", "seed_scales", "verdict_results"):
         assert key not in current["search"]
+    assert "vmap_width" not in current["model"]
     older = json.loads(json.dumps(current))  # what a workdir written before these settings holds
     config.search.verdict_results = "runs/eval/results.json"  # the pipeline never runs a verdict
+    config.model.vmap_width = "0"  # speed and memory only
     assert Pipeline(config, tmp_path)._fingerprint("search_long", {}) == older
     config.search.seed_scales = (1.0, 1.25)
     assert Pipeline(config, tmp_path)._fingerprint("search_long", {})["search"]["seed_scales"] == [1.0, 1.25]

@@ -109,8 +109,12 @@ def test_cache_serves_a_second_run_without_any_evaluation(tmp_path):
         run_search(tiny(cache=str(tmp_path / "c.sqlite"), seed=9), tmp_path / "two")
 
 
-def test_batched_scores_equal_one_candidate_at_a_time(tmp_path):
-    a = run_search(tiny(batch_size=4, racing=False, cache=str(tmp_path / "x.sqlite")), tmp_path / "b4")
+@pytest.mark.parametrize("vmap_width", [0, 3])
+def test_batched_scores_equal_one_candidate_at_a_time(tmp_path, vmap_width):
+    # Batches of 4 vmapped all at once (accelerators) or 3 at a time (ragged) == batches of one candidate.
+    batched = tiny(batch_size=4, racing=False, cache=str(tmp_path / "x.sqlite"))
+    batched.model.vmap_width = str(vmap_width)  # a string field: "auto" or a count
+    a = run_search(batched, tmp_path / "b4")
     b = run_search(tiny(batch_size=1, racing=False, cache=str(tmp_path / "y.sqlite")), tmp_path / "b1")
     state_a = json.loads((tmp_path / "b4" / "search_state.json").read_text())
     state_b = json.loads((tmp_path / "b1" / "search_state.json").read_text())

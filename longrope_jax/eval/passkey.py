@@ -131,13 +131,18 @@ def _bos(model: Transformer, add_bos: bool) -> int | None:
 
 def passkey_accuracy(model: Transformer, tokenizer: Tokenizer, spec: RopeSpec | None, length: int, trials: int,
                      seed: int, max_new_tokens: int = 8, depths: Sequence[float] | None = None,
-                     progress: Callable[[], None] | None = None, add_bos: bool = False) -> dict:
+                     progress: Callable[[], None] | None = None, add_bos: bool = False,
+                     done: Sequence[dict] = (), on_trial: Callable[[dict], None] | None = None) -> dict:
     """Greedy passkey retrieval accuracy at one prompt length.
 
     Keys are uniform in [1, 50000] (seeded numpy rng); trial t uses depths[t % len(depths)], or a uniform random
     depth when `depths` is None. Each prompt is decoded with `rope_inputs(spec, prompt_len + max_new_tokens)`
     (spec None: the model's own). `progress` is called after each trial. Prompt lengths vary by a few tokens
     with the key's digit count, so `generate` compiles once per distinct length.
+
+    Resuming (a 32k trial is minutes of CPU): `done` holds records of trials already run with the same seed and
+    settings; they are kept and not run again (their keys and depths are checked against the seeded draws), and
+    `on_trial(record)` is called after each new trial so a caller can save progress.
 
     Returns {"accuracy", "length", "trials", "records"}: records are dicts with key, depth, answer (int or None),
     correct, prompt_tokens and the decoded continuation.
@@ -147,10 +152,16 @@ def passkey_accuracy(model: Transformer, tokenizer: Tokenizer, spec: RopeSpec | 
     spec = spec if spec is not None else model.cfg.rope
     bos_id = _bos(model, add_bos)
     rng = np.random.default_rng(seed)
-    records = []
+    draws = []  # every trial's (key, depth) first, so trial t's draw does not depend on which trials already ran
     for trial in range(trials):
         key = int(rng.integers(KEY_RANGE[0], KEY_RANGE[1] + 1))
         depth = float(depths[trial % len(depths)]) if depths is not None else float(rng.uniform(0.0, 1.0))
+        draws.append((key, depth))
+    records = [dict(r) for r in done]
+    if len(records) > trials or any((r["key"], r["depth"]) != draw for r, draw in zip(records, draws)):
+        raise ConfigError(f"the {len(records)} saved passkey trials at {length} tokens do not match seed {seed} "
+                          f"and {trials} trials; run them again with a new workdir or the original settings")
+    for key, depth in draws[len(records):]:
         ids, _ = passkey_prompt(tokenizer, length, key, depth, bos_id=bos_id)
         rope = rope_inputs(spec, len(ids) + max_new_tokens)
         out = np.asarray(generate(model, jnp.asarray(ids[None]), max_new_tokens, rope=rope))
@@ -158,6 +169,8 @@ def passkey_accuracy(model: Transformer, tokenizer: Tokenizer, spec: RopeSpec | 
         answer, correct = score_continuation(continuation, key)
         records.append({"key": key, "depth": depth, "answer": answer, "correct": bool(correct),
                         "prompt_tokens": int(len(ids)), "continuation": continuation})
+        if on_trial is not None:
+            on_trial(records[-1])
         if progress is not None:
             progress()
     accuracy = sum(r["correct"] for r in records) / trials

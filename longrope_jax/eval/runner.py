@@ -51,7 +51,9 @@ def _methods(eval_cfg: Any) -> list[str]:
 def model_record(config: Any) -> dict:
     """Every model setting (path, dtype, attention, ...), stored beside the results so others can tell whether
     they were measured on the same model (`search.verdict_results`)."""
-    return json.loads(json.dumps(config.model.to_dict()))
+    record = json.loads(json.dumps(config.model.to_dict()))
+    record.pop("vmap_width", None)  # speed and memory only, not the values
+    return record
 
 
 def _fingerprint(config: Any) -> dict:
@@ -84,7 +86,7 @@ def run_evaluation(config: Any, workdir: str | Path) -> dict:
     # eval.context_parallel > 1 splits each document over that many devices (ring attention).
     context = context_parallel(make_mesh(context=int(eval_cfg.get("context_parallel", 1))),
                                config.model.get("context_attention", "ring"))
-    evaluator = PerplexityEvaluator(model, context)
+    evaluator = PerplexityEvaluator(model, context, config.model.get("vmap_width", "auto"))
     lengths = [int(length) for length in as_list(eval_cfg.lengths)]
     # Check every input up front, so a bad length or factor file fails before hours of compute.
     batches = {length: first_documents(docs, length, eval_cfg.documents, config.data.add_bos, cfg.bos_token_id)
@@ -135,14 +137,28 @@ def _run_passkey(config, results, workdir, model, cfg, tokenizer) -> None:
     eval_cfg = config.eval
     todo = [(m, int(length)) for m in as_list(eval_cfg.passkey_methods)
             for length in as_list(eval_cfg.passkey_lengths)]
-    for m, length in tqdm(todo, desc="passkey"):
+    # Every finished trial is saved (passkey_records), so a killed run resumes mid-cell: a 32k trial is minutes.
+    records = results.setdefault("passkey_records", {})
+    bar = tqdm(total=len(todo) * eval_cfg.passkey_trials, desc="passkey", unit="trial")
+    for m, length in todo:
         if str(length) in results["passkey"].get(m, {}):
+            bar.update(eval_cfg.passkey_trials)
             continue
+        saved = records.setdefault(m, {}).setdefault(str(length), [])
+        bar.update(len(saved))
+        bar.set_postfix(method=m, length=length)
+
+        def save(record, saved=saved):
+            saved.append(record)
+            write_json_atomic(workdir / RESULTS, results)
+
         spec = rope_methods.method_spec(cfg.rope, m, length, eval_cfg.factors or None)
         outcome = passkey_accuracy(model, tokenizer, spec, length, trials=eval_cfg.passkey_trials,
-                                   seed=eval_cfg.seed, add_bos=bool(config.data.add_bos))
+                                   seed=eval_cfg.seed, add_bos=bool(config.data.add_bos), done=list(saved),
+                                   on_trial=save, progress=bar.update)
         results["passkey"].setdefault(m, {})[str(length)] = outcome["accuracy"]
         write_json_atomic(workdir / RESULTS, results)
+    bar.close()
 
 
 def _plot(results, workdir, cfg, eval_cfg, original, lengths) -> None:

@@ -24,7 +24,10 @@ def _generate(graphdef, state, prompt, rope, rng, temperature, max_new_tokens: i
     b, p = prompt.shape
     cache = model.init_cache(b, p + max_new_tokens)
     positions = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), (b, p))
-    logits, cache = model(prompt, positions, rope, cache)
+    # Prefill: only the last position's logits are needed; full (P × vocab) logits would be 6.4 GB at 32k.
+    hidden, cache = model.hidden(prompt, positions, rope, cache)
+    logits = jnp.einsum("be,ev->bv", hidden[:, -1], model.output_kernel().astype(hidden.dtype),
+                        preferred_element_type=jnp.float32)[:, None]
 
     def pick(logits, key):
         if greedy:

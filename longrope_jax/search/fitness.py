@@ -22,6 +22,7 @@ import numpy as np
 from flax import nnx
 
 from longrope_jax.errors import ConfigError
+from longrope_jax.eval.perplexity import map_candidates, resolve_vmap_width
 from longrope_jax.model.context import ContextParallel, context_parallel
 from longrope_jax.model.loss import sequence_nll
 from longrope_jax.model.transformer import Transformer
@@ -29,22 +30,22 @@ from longrope_jax.rope import longrope_inputs
 from longrope_jax.search.space import Candidate, SearchSpace
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "context"))
+@functools.partial(jax.jit, static_argnames=("graphdef", "context", "vmap_width"))
 def _items_mean_nll(graphdef, state, tokens: jax.Array, weights: jax.Array, factors: jax.Array, n_hat: jax.Array,
                     original_inv_freq: jax.Array, attention_scale: jax.Array,
-                    context: ContextParallel | None = None) -> jax.Array:
+                    context: ContextParallel | None = None, vmap_width: int | None = None) -> jax.Array:
     """(C,) weighted mean NLL of C (document, factors, n̂) items.
 
     tokens (C, 1, L); weights (C, 1, L-1) per predicted token (all ones for perplexity, the answer tokens for
     needle-driven perplexity); factors (C, d/2); n_hat (C,).
     """
-    def one(params, doc, weight, lam, start):
+    def one(params, item):
+        doc, weight, lam, start = item
         rope = longrope_inputs(original_inv_freq, lam, attention_scale, start)
         nll = sequence_nll(nnx.merge(graphdef, params), doc, rope=rope, context=context)
         return jnp.sum(nll * weight) / jnp.sum(weight)
 
-    # The state is an unbatched vmap argument: NNX variables may not cross trace levels.
-    return jax.vmap(one, in_axes=(None, 0, 0, 0, 0))(state, tokens, weights, factors, n_hat)
+    return map_candidates(one, state, (tokens, weights, factors, n_hat), vmap_width)
 
 
 class FitnessCache:
@@ -84,8 +85,12 @@ class FitnessEvaluator:
     def __init__(self, model: Transformer, documents: np.ndarray, space: SearchSpace, attention_scale: float,
                  original_inv_freq: np.ndarray, batch_size: int, cache: FitnessCache | None = None,
                  racing: bool = True, loss_mask: np.ndarray | None = None, mesh: jax.sharding.Mesh | None = None,
-                 context_impl: str = "ring"):
-        """mesh: candidates split over its "data" axis, each document over its "context" axis (ring attention)."""
+                 context_impl: str = "ring", vmap_width: int | str | None = "auto"):
+        """mesh: candidates split over its "data" axis, each document over its "context" axis (ring attention).
+
+        vmap_width: candidates vectorised at once inside a batch (`longrope_jax.eval.perplexity`); all of them when
+        the batch is split over a data axis, whose devices each need their share at once.
+        """
         self.graphdef, self.state = nnx.split(model)
         self.item_sharding = None
         self.context = context_parallel(mesh, context_impl)
@@ -96,6 +101,7 @@ class FitnessEvaluator:
                 raise ConfigError(f"search.batch_size={batch_size} must be a multiple of the mesh's data axis "
                                   f"({mesh.shape['data']}) so every device scores the same number of candidates")
             self.item_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+        self.vmap_width = None if self.item_sharding is not None else resolve_vmap_width(vmap_width)
         self.documents = np.asarray(documents, np.int32)
         # loss_mask (D, L) marks the tokens that count (needle answers); the target of position t is token t + 1.
         mask = np.ones(self.documents.shape, bool) if loss_mask is None else np.asarray(loss_mask, bool)
@@ -124,7 +130,7 @@ class FitnessEvaluator:
             items_in = [jax.device_put(x, self.item_sharding) if self.item_sharding else jnp.asarray(x)
                         for x in items_in]
             nll = _items_mean_nll(self.graphdef, self.state, *items_in, self.original_inv_freq, self.scale,
-                                  self.context)
+                                  self.context, self.vmap_width)
             out += [float(v) for v in np.asarray(nll)[:len(chunk)]]
             self.stats["doc_evals"] += len(chunk)
             if self.on_items is not None:

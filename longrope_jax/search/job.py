@@ -146,7 +146,8 @@ def run_search(config: Any, workdir: str | Path, model_bundle=None) -> dict:
     evaluator = FitnessEvaluator(model, documents, space, mscale,
                                  default_inv_freq(base.theta, base.rotary_dim) / base_factors,
                                  int(search_cfg.batch_size), cache, bool(search_cfg.racing), loss_mask,
-                                 search_mesh(search_cfg), config.model.get("context_attention", "ring"))
+                                 search_mesh(search_cfg), config.model.get("context_attention", "ring"),
+                                 config.model.get("vmap_width", "auto"))
     state_fingerprint = {"namespace": namespace, "seed": int(search_cfg.seed),
                          "budget": scaled_budget(config.search), "space": repr(space)}
     state = run_generations(evaluator, space, seeds, search_cfg, workdir, state_fingerprint)
