@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             reference_scores = reference_scores or scores  # the first variant, one_at_a_time
             # Same scores whatever the path (raced-out candidates: on the documents they were scored on).
             gap = max(abs(a - b) for key, nll in scores.items() for a, b in zip(nll, reference_scores[key]))
-            rows.append({"variant": name, "vmap_width": ev.vmap_width or args.batch,
+            rows.append({"variant": name, "vmap_width": min(ev.vmap_width or ev.batch_size, ev.batch_size),
                          "seconds_per_generation": seconds,
                          "seconds_per_candidate": seconds / len(generation), **ev.stats,
                          "max_abs_nll_diff_vs_one_at_a_time": gap})

@@ -226,12 +226,13 @@ def _report(config, base_bundle, export: dict, manifest: dict, out: Path) -> dic
         tokens, names = first_documents(docs, length, int(config.eval.documents), bool(config.data.add_bos),
                                         cfg.bos_token_id)
         methods = ["none", "pi", "yarn"]
-        ppl = PerplexityEvaluator(model).perplexity(tokens, [rope_methods.method_spec(cfg.rope, m, length)
-                                                             for m in methods])
+        vmap_width = config.model.get("vmap_width", "auto")
+        ppl = PerplexityEvaluator(model, vmap_width=vmap_width).perplexity(
+            tokens, [rope_methods.method_spec(cfg.rope, m, length) for m in methods])
         for m, value in zip(methods, ppl):
             table.setdefault(m, {})[length] = float(value)
         table.setdefault("longrope (result)", {})[length] = float(
-            PerplexityEvaluator(result_model).perplexity(tokens, [result_cfg.rope])[0])
+            PerplexityEvaluator(result_model, vmap_width=vmap_width).perplexity(tokens, [result_cfg.rope])[0])
     out.mkdir(parents=True, exist_ok=True)
     original = rope_methods.original_length(cfg.rope)
     plots.plot_perplexity_vs_length(table, out / "perplexity_vs_length.png", original)

@@ -41,7 +41,7 @@ def test_train_benchmark_runs_both_sides_with_matching_losses(tmp_path):
     assert json.loads((tmp_path / "train.json").read_text())["rows"][0]["length"] == 64
 
 
-def test_search_benchmark_scores_one_generation_four_ways(tmp_path):
+def test_search_benchmark_scores_one_generation_five_ways(tmp_path):
     from benchmarks import search
 
     rows = search.main(["--length", "96", "--candidates", "3", "--documents", "2", "--batch", "2",

@@ -59,7 +59,7 @@ def test_vmap_width_setting():
     assert default_vmap_width("cpu") == 1 and default_vmap_width("tpu") is None and default_vmap_width("gpu") is None
     assert resolve_vmap_width("auto") == default_vmap_width()
     assert resolve_vmap_width(0) is None and resolve_vmap_width(None) is None and resolve_vmap_width(4) == 4
-    for bad in (-1, "fast"):
+    for bad in (-1, "fast", 2.5, True):
         with pytest.raises(ConfigError, match="model.vmap_width"):
             resolve_vmap_width(bad)
 
@@ -176,21 +176,29 @@ def test_evaluate_runs_passkey_and_plots_it(tmp_path):
 def test_evaluate_passkey_resumes_mid_cell(tmp_path, monkeypatch):
     # Every passkey trial is saved as it ends; a run killed inside a cell re-runs only the missing trials.
     from longrope_jax.eval import passkey
-    from longrope_jax.io import write_json_atomic
 
     config = tiny_config(lengths=(64,), methods=("none",), passkey_lengths=(320,), passkey_methods=("none",),
                          passkey_trials=3)
     full = run_evaluation(config, tmp_path / "a")
     records = full["passkey_records"]["none"]["320"]
     assert len(records) == 3 and full["passkey"]["none"]["320"] == sum(r["correct"] for r in records) / 3
-    killed = read_json(tmp_path / "a" / "results.json")  # as if killed after the first trial of the cell
-    del killed["passkey"]["none"]
-    killed["passkey_records"]["none"]["320"] = records[:1]
-    write_json_atomic(tmp_path / "a" / "results.json", killed)
     calls = []
     real_generate = passkey.generate
+
+    def killed_on_second_trial(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed")
+        return real_generate(*args, **kwargs)
+
+    monkeypatch.setattr(passkey, "generate", killed_on_second_trial)
+    with pytest.raises(KeyboardInterrupt):
+        run_evaluation(config, tmp_path / "b")
+    partial = read_json(tmp_path / "b" / "results.json")
+    assert "none" not in partial["passkey"] and partial["passkey_records"]["none"]["320"] == records[:1]
+    calls.clear()
     monkeypatch.setattr(passkey, "generate", lambda *a, **k: calls.append(1) or real_generate(*a, **k))
-    resumed = run_evaluation(config, tmp_path / "a")
-    assert len(calls) == 2
+    resumed = run_evaluation(config, tmp_path / "b")
+    assert len(calls) == 2  # only the two trials the killed run had not finished
     assert resumed["passkey_records"]["none"]["320"] == records
     assert resumed["passkey"] == full["passkey"]

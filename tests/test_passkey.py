@@ -119,12 +119,14 @@ def test_accuracy_resumes_from_saved_trials(tokenizer):
                                done=full["records"][:1], on_trial=saved.append)
     assert resumed["records"] == full["records"] and resumed["accuracy"] == full["accuracy"]
     assert saved == full["records"][1:]  # only the two missing trials ran
+    fewer = passkey_accuracy(model, tokenizer, None, 160, trials=2, seed=4, max_new_tokens=4, add_bos=True,
+                             done=full["records"], on_trial=saved.append)
+    assert fewer["records"] == full["records"][:2] and len(saved) == 2  # nothing ran: the saved prefix is kept
     forged = [dict(full["records"][0], key=full["records"][0]["key"] % 50000 + 1)]
-    with pytest.raises(ConfigError, match="do not match seed 4"):
-        passkey_accuracy(model, tokenizer, None, 160, trials=3, seed=4, max_new_tokens=4, add_bos=True, done=forged)
-    with pytest.raises(ConfigError, match="do not match"):
-        passkey_accuracy(model, tokenizer, None, 160, trials=2, seed=4, max_new_tokens=4, add_bos=True,
-                         done=full["records"])
+    for bad in (forged, ["not a record"]):
+        with pytest.raises(ConfigError, match="not drawn with seed 4"):
+            passkey_accuracy(model, tokenizer, None, 160, trials=3, seed=4, max_new_tokens=4, add_bos=True,
+                             done=bad)
 
 
 def _oracle_generate(tokenizer, wrong_every: int = 0):

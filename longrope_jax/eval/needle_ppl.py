@@ -23,7 +23,7 @@ from flax import nnx
 from tokenizers import Tokenizer
 
 from longrope_jax.errors import ConfigError, DataError
-from longrope_jax.eval.perplexity import stack_ropes
+from longrope_jax.eval.perplexity import map_candidates, resolve_vmap_width, stack_ropes
 from longrope_jax.model.loss import chunked_token_nll
 from longrope_jax.model.transformer import Transformer
 from longrope_jax.rope import RopeInputs
@@ -125,10 +125,9 @@ def needle_documents(tokenizer: Tokenizer, texts: Sequence[str], length: int, co
                        np.asarray(chosen_depths), np.asarray(sources, np.int64), np.asarray(starts, np.int64))
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "span"))
+@functools.partial(jax.jit, static_argnames=("graphdef", "span", "vmap_width"))
 def _candidates_needle_nll(graphdef, state, tokens: jax.Array, mask: jax.Array, ropes: RopeInputs,
-                           span: int) -> jax.Array:
-    # The state goes through vmap as an unbatched argument: NNX variables may not cross trace levels.
+                           span: int, vmap_width: int | None = None) -> jax.Array:
     def one(params, rope):
         model = nnx.merge(graphdef, params)
         hidden, _ = model.hidden(tokens[:, :-1], rope=rope)
@@ -137,15 +136,17 @@ def _candidates_needle_nll(graphdef, state, tokens: jax.Array, mask: jax.Array, 
         weights = mask[:, -span:].astype(jnp.float32)
         return (nll * weights).sum(axis=-1) / weights.sum(axis=-1)  # (B,)
 
-    return jax.vmap(one, in_axes=(None, 0))(state, ropes)  # (C, B)
+    return map_candidates(one, state, ropes, vmap_width)  # (C, B)
 
 
-def needle_nll(model: Transformer, batch: NeedleBatch, ropes: RopeInputs, progress=None) -> np.ndarray:
+def needle_nll(model: Transformer, batch: NeedleBatch, ropes: RopeInputs, progress=None,
+               vmap_width: int | str | None = "auto") -> np.ndarray:
     """Mean NLL over each sample's answer tokens, float32 (C, count).
 
     ropes: RopeInputs with a leading candidate axis C (e.g. `spec_ropes(specs, length)`); an unstacked one is
     treated as C = 1. Samples run one at a time (memory is linear in length, times C) through one compiled
-    function; `progress` (optional) is called after each.
+    function; `progress` (optional) is called after each. vmap_width: candidates vectorised at once
+    (`longrope_jax.eval.perplexity`).
     """
     tokens = np.asarray(batch.tokens, np.int32)
     mask = np.asarray(batch.loss_mask, bool)
@@ -161,7 +162,7 @@ def needle_nll(model: Transformer, batch: NeedleBatch, ropes: RopeInputs, progre
     out = []
     for row, row_mask in zip(tokens, mask):
         nll = _candidates_needle_nll(graphdef, state, jnp.asarray(row[None]), jnp.asarray(row_mask[None]),
-                                     ropes, span)
+                                     ropes, span, resolve_vmap_width(vmap_width))
         out.append(np.asarray(nll)[:, 0])
         if progress is not None:
             progress()

@@ -1,13 +1,14 @@
 """Perplexity at length L, batched over rope candidates: the search's fitness and the evaluation's main metric.
 
 One compiled function takes the model state, one document (1, L) and a stack of C `RopeInputs` (leading axis C)
-and returns the C mean NLLs, through `jax.vmap` over the rope inputs. Memory is linear in L (blockwise attention
-and chunked loss); it grows with C, so callers choose C for memory.
+and returns the C mean NLLs. Memory is linear in L (blockwise attention and chunked loss) and grows with the
+number of candidates vectorised at once.
 
-`vmap_width` is how many of the C candidates are vectorised at once inside that one compiled function
-(`lax.map(..., batch_size=vmap_width)`); "auto" is all of them on GPU/TPU, where one candidate leaves the chip
-idle, and one at a time on CPU, where a single candidate's forward already saturates every core and vmapping
-three of them measured 15% slower per candidate (3x the activations through the same caches).
+`vmap_width` (config `model.vmap_width`) is that number: the C candidates go through `jax.vmap` in chunks of
+`vmap_width`, one chunk after another in a `lax.scan` inside the same compiled function (`map_candidates`).
+"auto" is all of them on GPU/TPU, where one candidate leaves the chip idle, and one at a time on CPU, where a
+single candidate's forward already saturates every core and vmapping three of them measured 15% slower per
+candidate (3x the activations through the same caches).
 """
 
 from __future__ import annotations
@@ -48,15 +49,13 @@ def resolve_vmap_width(vmap_width: int | str | None) -> int | None:
     """"auto" -> default_vmap_width(); None or 0 -> all candidates at once; n >= 1 -> n at a time."""
     if vmap_width == "auto":
         return default_vmap_width()
-    try:
-        vmap_width = None if vmap_width is None else int(vmap_width)
-    except (TypeError, ValueError):
-        raise ConfigError(f"model.vmap_width must be 'auto', 0 (all candidates at once) or >= 1; got {vmap_width!r}")
-    if vmap_width is None or vmap_width == 0:
+    if vmap_width is None:
         return None
-    if int(vmap_width) < 0:
-        raise ConfigError(f"model.vmap_width must be 'auto', 0 (all candidates at once) or >= 1; got {vmap_width}")
-    return int(vmap_width)
+    text = str(vmap_width).strip()
+    if isinstance(vmap_width, bool) or not text.isdigit():
+        raise ConfigError(f"model.vmap_width must be 'auto', 0 (all candidates at once) or a count >= 1 of "
+                          f"candidates vectorised at once; got {vmap_width!r}")
+    return int(text) or None
 
 
 def map_candidates(fn, shared, xs, vmap_width: int | None):
@@ -70,14 +69,15 @@ def map_candidates(fn, shared, xs, vmap_width: int | None):
     batched = jax.vmap(fn, in_axes=(None, 0))
     if vmap_width is None or vmap_width >= count:
         return batched(shared, xs)
-    chunks, rest = divmod(count, vmap_width)
-    head = jax.tree.map(lambda x: x[:chunks * vmap_width].reshape(chunks, vmap_width, *x.shape[1:]), xs)
-    _, out = jax.lax.scan(lambda carry, chunk: (carry, batched(carry, chunk)), shared, head)
-    out = jax.tree.map(lambda y: y.reshape(chunks * vmap_width, *y.shape[2:]), out)
-    if rest:
-        tail = batched(shared, jax.tree.map(lambda x: x[chunks * vmap_width:], xs))
-        out = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), out, tail)
-    return out
+    chunks = -(-count // vmap_width)
+    pad = chunks * vmap_width - count  # a ragged last chunk repeats the last candidate: one compiled body only
+
+    def chunked(x):
+        x = jnp.concatenate([x, jnp.repeat(x[-1:], pad, axis=0)]) if pad else x
+        return x.reshape(chunks, vmap_width, *x.shape[1:])
+
+    _, out = jax.lax.scan(lambda carry, chunk: (carry, batched(carry, chunk)), shared, jax.tree.map(chunked, xs))
+    return jax.tree.map(lambda y: y.reshape(chunks * vmap_width, *y.shape[2:])[:count], out)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "context", "vmap_width"))

@@ -1,8 +1,8 @@
 """Fitness of factor candidates: perplexity at the target length, batched, raced, and cached on disk.
 
 Work is (candidate, document) items. Round r scores document r for every candidate still in the race, C items
-per call of one compiled function (vmap over rope inputs and documents; a short last chunk is padded by
-repetition, so the shapes never change and nothing recompiles). After each round a candidate whose optimistic
+per call of one compiled function (mapped over rope inputs and documents, `model.vmap_width` of them vectorised at
+once; a short last chunk is padded by repetition, so the shapes never change and nothing recompiles). After each round a candidate whose optimistic
 final score — its NLL so far plus, on the remaining documents, the best NLL any fully scored candidate reached
 there — is worse than the current k-th best is dropped (racing).
 """
@@ -101,7 +101,9 @@ class FitnessEvaluator:
                 raise ConfigError(f"search.batch_size={batch_size} must be a multiple of the mesh's data axis "
                                   f"({mesh.shape['data']}) so every device scores the same number of candidates")
             self.item_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-        self.vmap_width = None if self.item_sharding is not None else resolve_vmap_width(vmap_width)
+        self.vmap_width = resolve_vmap_width(vmap_width)  # checked even where the mesh overrides it
+        if self.item_sharding is not None:
+            self.vmap_width = None
         self.documents = np.asarray(documents, np.int32)
         # loss_mask (D, L) marks the tokens that count (needle answers); the target of position t is token t + 1.
         mask = np.ones(self.documents.shape, bool) if loss_mask is None else np.asarray(loss_mask, bool)

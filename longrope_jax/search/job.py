@@ -196,7 +196,8 @@ def _verdict(config, model, cfg, held_out: tuple[np.ndarray, list[str]], factors
     methods = [m for m in as_list(config.search.verdict_methods)] + ["longrope"]
     todo = [m for m in methods if m == "longrope" or m not in reused]
     specs = [rope_methods.method_spec(cfg.rope, m, target, factors_path) for m in todo]
-    ppl = dict(zip(todo, PerplexityEvaluator(model).perplexity(tokens, specs)))
+    evaluator = PerplexityEvaluator(model, vmap_width=config.model.get("vmap_width", "auto"))
+    ppl = dict(zip(todo, evaluator.perplexity(tokens, specs)))
     table = {("searched" if m == "longrope" else m): float(ppl[m] if m in ppl else reused[m]) for m in methods}
     finite = {m: p for m, p in table.items() if math.isfinite(p)}
     return {"held_out_documents": names, "length": target, "perplexity": table,
