@@ -22,13 +22,12 @@ import time
 import jax
 import numpy as np
 
+from benchmarks.forward import _tokens
 from longrope_jax.assets import smollm2_gguf_path
-from longrope_jax.data.corpus import austen_novels
 from longrope_jax.eval.perplexity import PerplexityEvaluator, stack_ropes
 from longrope_jax.io import write_json_atomic
 from longrope_jax.loading import load_model
 from longrope_jax.rope import longrope_inputs, rope_inputs
-from longrope_jax.tokenizer import load_tokenizer
 
 
 def _timed(fn, repeats: int) -> tuple[float, np.ndarray]:
@@ -49,12 +48,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--out", default="benchmarks/results/batched_eval.json")
     args = parser.parse_args(argv)
 
-    gguf = smollm2_gguf_path()
-    model, cfg = load_model(gguf)
-    ids = load_tokenizer(gguf).encode(austen_novels()["Emma"][:args.length * 8]).ids
-    if len(ids) < args.length:
-        raise SystemExit(f"only {len(ids)} tokens of Emma were read; asked for {args.length}")
-    documents = np.asarray(ids[:args.length], np.int32)[None]
+    model, cfg = load_model(smollm2_gguf_path())
+    documents = np.asarray(_tokens(args.length), np.int32)[None]
     rng = np.random.default_rng(0)
     original = rope_inputs(cfg.rope, args.length).original_inv_freq
     ropes = [longrope_inputs(original, np.sort(rng.uniform(1, 4, cfg.rope.half_dim)), 1.0 + 0.02 * i,

@@ -159,10 +159,11 @@ def needle_nll(model: Transformer, batch: NeedleBatch, ropes: RopeInputs, progre
     # Static span from the earliest answer token in the batch: one compile serves every sample.
     span = tokens.shape[1] - int(mask.argmax(axis=1).min())
     graphdef, state = nnx.split(model)
+    vmap_width = resolve_vmap_width(vmap_width)
     out = []
     for row, row_mask in zip(tokens, mask):
         nll = _candidates_needle_nll(graphdef, state, jnp.asarray(row[None]), jnp.asarray(row_mask[None]),
-                                     ropes, span, resolve_vmap_width(vmap_width))
+                                     ropes, span, vmap_width)
         out.append(np.asarray(nll)[:, 0])
         if progress is not None:
             progress()

@@ -1,10 +1,10 @@
 """Fitness of factor candidates: perplexity at the target length, batched, raced, and cached on disk.
 
 Work is (candidate, document) items. Round r scores document r for every candidate still in the race, C items
-per call of one compiled function (mapped over rope inputs and documents, `model.vmap_width` of them vectorised at
-once; a short last chunk is padded by repetition, so the shapes never change and nothing recompiles). After each round a candidate whose optimistic
-final score — its NLL so far plus, on the remaining documents, the best NLL any fully scored candidate reached
-there — is worse than the current k-th best is dropped (racing).
+per call of one compiled function (mapped over rope inputs and documents, `model.vmap_width` of them vectorised
+at once; a short last chunk is padded by repetition, so the shapes never change and nothing recompiles). After
+each round a candidate whose optimistic final score — its NLL so far plus, on the remaining documents, the best
+NLL any fully scored candidate reached there — is worse than the current k-th best is dropped (racing).
 """
 
 from __future__ import annotations
