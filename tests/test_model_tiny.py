@@ -13,6 +13,7 @@ import longrope_jax
 from longrope_jax.checkpoint import read_model_config, restore_params, save_model_dir
 from longrope_jax.convert.hf import iter_safetensors, load_hf_dir, save_hf_dir
 from longrope_jax.errors import CheckpointError, ConfigError
+from longrope_jax.model import attention as attention_module
 from longrope_jax.model.attention import blockwise_attention, reference_attention
 from longrope_jax.model.config import ModelConfig
 from longrope_jax.model.generate import generate
@@ -84,20 +85,49 @@ def test_tiny_phi3_longrope_short_and_long(tmp_path):
 
 
 @pytest.mark.parametrize("window", [None, 19])
-@pytest.mark.parametrize("length,block_q,block_kv", [(128, 32, 32), (100, 16, 48), (37, 64, 8)])
-def test_blockwise_equals_reference(window, length, block_q, block_kv):
+@pytest.mark.parametrize("length,block_q,block_kv,backward_rows",
+                         [(128, 32, 32, 384), (128, 32, 32, 24), (100, 16, 48, 16), (37, 64, 8, 384)])
+def test_blockwise_equals_reference(window, length, block_q, block_kv, backward_rows, monkeypatch):
+    # backward_rows < G·block_q makes the flash backward cut each query block's rows into several tiles.
+    monkeypatch.setattr(attention_module, "_BACKWARD_ROWS", backward_rows)
     rng = np.random.default_rng(length)
     q = jnp.asarray(rng.standard_normal((2, length, 6, 16)), jnp.float32)
     k = jnp.asarray(rng.standard_normal((2, length, 2, 16)), jnp.float32)
     v = jnp.asarray(rng.standard_normal((2, length, 2, 16)), jnp.float32)
+    cotangent = jnp.asarray(rng.standard_normal((2, length, 6, 16)), jnp.float32)
     pos = jnp.broadcast_to(jnp.arange(length), (2, length)) + 5
     ref = reference_attention(q, k, v, pos, pos, window)
     out = blockwise_attention(q, k, v, pos, pos, window, block_q, block_kv)
     np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=1e-5)
-    # Gradients agree too (the trainer differentiates through the blockwise kernel).
-    grad = jax.grad(lambda q: jnp.sum(blockwise_attention(q, k, v, pos, pos, window, block_q, block_kv) ** 2))(q)
-    grad_ref = jax.grad(lambda q: jnp.sum(reference_attention(q, k, v, pos, pos, window) ** 2))(q)
-    np.testing.assert_allclose(np.asarray(grad), np.asarray(grad_ref), atol=1e-4)
+    # Gradients for q, k and v agree too (the trainer differentiates through the blockwise kernel's custom VJP).
+    def loss(fn):
+        return lambda q, k, v: jnp.sum(fn(q, k, v) * cotangent)
+    grads = jax.grad(loss(lambda q, k, v: blockwise_attention(q, k, v, pos, pos, window, block_q, block_kv)),
+                     argnums=(0, 1, 2))(q, k, v)
+    grads_ref = jax.grad(loss(lambda q, k, v: reference_attention(q, k, v, pos, pos, window)), argnums=(0, 1, 2))(q, k, v)
+    for name, got, want in zip("qkv", grads, grads_ref):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=2e-5, err_msg=f"d{name}")
+
+
+def test_blockwise_gradient_in_bfloat16_and_under_vmap():
+    """bf16 inputs keep their dtype through the custom VJP; a vmapped gradient equals the per-item ones."""
+    rng = np.random.default_rng(3)
+    q, k, v = (jnp.asarray(rng.standard_normal((3, 1, 40, h, 8)), jnp.float32) for h in (4, 2, 2))
+    pos = jnp.arange(40)[None]
+
+    def loss(q, k, v):
+        return jnp.sum(blockwise_attention(q, k, v, pos, pos, None, 16, 16) ** 2)
+
+    batched = jax.vmap(jax.grad(loss, argnums=(0, 1, 2)))(q, k, v)
+    for i in range(3):
+        single = jax.grad(loss, argnums=(0, 1, 2))(q[i], k[i], v[i])
+        for got, want in zip(batched, single):
+            np.testing.assert_allclose(np.asarray(got[i]), np.asarray(want), atol=1e-5)
+    half = jax.grad(loss, argnums=(0, 1, 2))(*(x[0].astype(jnp.bfloat16) for x in (q, k, v)))
+    full = jax.grad(loss, argnums=(0, 1, 2))(q[0], k[0], v[0])
+    for got, want in zip(half, full):
+        assert got.dtype == jnp.bfloat16
+        np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want), atol=0.1, rtol=0.05)
 
 
 @pytest.mark.parametrize("window", [None, 19])

@@ -7,6 +7,7 @@ Shapes: q (B, Lq, H, D); k, v (B, Lk, KV, D) with H a multiple of KV (GQA); posi
 
 from __future__ import annotations
 
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -98,13 +99,123 @@ def _online_update(carry, qb, kb, vb, mask):
     return m_new, l, acc * correction[..., None] + pv
 
 
+def _branch(index, skip, full, masked, *operands):
+    """`lax.switch` over the per-(query block, KV block) case: 0 skip, 1 full (no mask work), 2 masked."""
+    return jax.lax.switch(index, (skip, full, masked), *operands)
+
+
+def _blocked_forward(qb_all, kb_all, vb_all, qpos_all, kpos_all, branches, window):
+    """Online softmax over KV blocks for every query block: (out (nq, B, KV, R, D) float32, lse (nq, B, KV, R)).
+
+    Rows R = G·bq; qpos_all (nq, B, R) holds each row's position. A row with no allowed key gets out 0 and
+    lse +1e30 (so the backward's exp(s - lse) is 0 for it).
+    """
+    def one_query_block(args):
+        qb, qpos, branch_row = args
+
+        def update(masked):
+            def fn(carry, kb, vb, kpos):
+                mask = _allowed(qpos, kpos, window)[:, None] if masked else None
+                return _online_update(carry, qb, kb, vb, mask)
+            return fn
+
+        def step(carry, xs):
+            *kv, branch = xs
+            return _branch(branch, lambda c, *_: c, update(False), update(True), carry, *kv), None
+
+        rows = qb.shape[:-1]
+        init = (jnp.full(rows, NEG_INF / 2, jnp.float32), jnp.zeros(rows, jnp.float32), jnp.zeros(qb.shape, jnp.float32))
+        (m, l, acc), _ = jax.lax.scan(step, init, (kb_all, vb_all, kpos_all, branch_row))
+        # A row that saw no allowed key has l ~ 0 (every p underflowed); one that did has l >= 1.
+        seen = l >= 0.5
+        out = jnp.where(seen[..., None], acc / jnp.maximum(l, 0.5)[..., None], 0.0)
+        return out, jnp.where(seen, m + jnp.log(jnp.maximum(l, 0.5)), -NEG_INF)
+
+    return jax.lax.map(one_query_block, (qb_all, qpos_all, branches))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def _blocked_attention(qb_all, kb_all, vb_all, qpos_all, kpos_all, branches, window):
+    return _blocked_forward(qb_all, kb_all, vb_all, qpos_all, kpos_all, branches, window)[0]
+
+
+def _blocked_attention_fwd(qb_all, kb_all, vb_all, qpos_all, kpos_all, branches, window):
+    out, lse = _blocked_forward(qb_all, kb_all, vb_all, qpos_all, kpos_all, branches, window)
+    return out, (qb_all, kb_all, vb_all, qpos_all, kpos_all, branches, out, lse)
+
+
+_BACKWARD_ROWS = 384  # query rows per backward tile: (rows × block_kv) float32 tiles that stay in cache on CPU
+
+
+def _split_rows(x: jax.Array, parts: int) -> jax.Array:
+    """(nq, B, KV, R, ...) -> (nq·parts, B, KV, R/parts, ...): each query block's rows cut into `parts` tiles."""
+    nq, b, kv, rows = x.shape[:4]
+    x = x.reshape(nq, b, kv, parts, rows // parts, *x.shape[4:])
+    return jnp.moveaxis(x, 3, 1).reshape(nq * parts, b, kv, rows // parts, *x.shape[5:])
+
+
+def _blocked_attention_bwd(window, residuals, d_out):
+    """Flash-attention backward: probabilities recomputed per tile from the saved log-sum-exp.
+
+    Differentiating the online softmax instead would recompute every tile's forward (max, rescales) and carry
+    gradients through them; here each tile costs one exp and four matmuls. Tiles are keys-major (bk × rows), so
+    three of the four products are plain matmuls (a contraction over the leading axis of both operands costs XLA
+    CPU a transpose), and rows are cut to ~`_BACKWARD_ROWS` so a tile's working set stays in cache: together
+    ~30% faster than the query-major 1536 × 512 tiles of the forward. dK/dV accumulate over query tiles.
+    """
+    qb_all, kb_all, vb_all, qpos_all, kpos_all, branches, out, lse = residuals
+    nq, rows = qb_all.shape[0], qb_all.shape[3]
+    parts = max((n for n in range(1, rows + 1) if rows % n == 0 and rows // n >= _BACKWARD_ROWS), default=1)
+    delta = jnp.sum(d_out * out, axis=-1)  # (nq, B, KV, R): rowsum(dO ⊙ O)
+    tiles = (_split_rows(qb_all, parts), _split_rows(qpos_all[:, :, None], parts)[:, :, 0],
+             jnp.repeat(branches, parts, axis=0), _split_rows(d_out.astype(vb_all.dtype), parts),
+             _split_rows(lse, parts), _split_rows(delta, parts))
+
+    def one_query_tile(dkv, xs):
+        qb, qpos, branch_row, dob, lse_b, delta_b = xs
+
+        def grads(masked):
+            def fn(dq, kb, vb, kpos):  # tiles (B, KV, bk, rows)
+                s = jnp.einsum("bksd,bkqd->bksq", kb, qb, preferred_element_type=jnp.float32)
+                p = _exp(s - lse_b[..., None, :])
+                if masked:
+                    p = jnp.where(jnp.swapaxes(_allowed(qpos, kpos, window), 1, 2)[:, None], p, 0.0)
+                dp = jnp.einsum("bksd,bkqd->bksq", vb, dob, preferred_element_type=jnp.float32)
+                ds = (p * (dp - delta_b[..., None, :])).astype(qb.dtype)
+                dq = dq + jnp.einsum("bksq,bksd->bkqd", ds, kb, preferred_element_type=jnp.float32)
+                dk = jnp.einsum("bksq,bkqd->bksd", ds, qb, preferred_element_type=jnp.float32)
+                dv = jnp.einsum("bksq,bkqd->bksd", p.astype(dob.dtype), dob, preferred_element_type=jnp.float32)
+                return dq, (dk, dv)
+            return fn
+
+        def skip(dq, kb, vb, kpos):
+            zeros = jnp.zeros(kb.shape, jnp.float32)
+            return dq, (zeros, zeros)
+
+        def step(dq, xs):
+            *kv, branch = xs
+            return _branch(branch, skip, grads(False), grads(True), dq, *kv)
+
+        dq, (dk, dv) = jax.lax.scan(step, jnp.zeros(qb.shape, jnp.float32), (kb_all, vb_all, kpos_all, branch_row))
+        return (dkv[0] + dk, dkv[1] + dv), dq
+
+    zeros = jnp.zeros(kb_all.shape, jnp.float32)
+    (dk, dv), dq = jax.lax.scan(one_query_tile, (zeros, zeros), tiles)
+    dq = jnp.moveaxis(dq.reshape(nq, parts, *dq.shape[1:]), 1, 3).reshape(qb_all.shape)  # undo _split_rows
+    return dq.astype(qb_all.dtype), dk.astype(kb_all.dtype), dv.astype(vb_all.dtype), None, None, None
+
+
+_blocked_attention.defvjp(_blocked_attention_fwd, _blocked_attention_bwd)
+
+
 def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, q_positions: jax.Array, kv_positions: jax.Array,
                         sliding_window: int | None = None, block_q: int = 512, block_kv: int = 512) -> jax.Array:
     """Memory-linear attention: online softmax over KV blocks, no (Lq × Lk) matrix ever exists.
 
     Per (query block, KV block) a `lax.switch` picks skip (every key in the future or outside the window), full
     (every pair allowed: no mask work) or masked. The index depends only on positions, so under `vmap` over rope
-    candidates it stays a switch. Peak extra memory is O(B·H·block_q·block_kv).
+    candidates it stays a switch. Peak extra memory is O(B·H·block_q·block_kv); the backward pass is a
+    flash-attention one (custom VJP from the saved log-sum-exp), also memory-linear.
     """
     b, lq, h, d = q.shape
     lk, num_kv = k.shape[1], k.shape[2]
@@ -139,32 +250,10 @@ def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, q_positions: j
         full &= q_max - k_min < sliding_window
     branches = jnp.where(skip, 0, jnp.where(full, 1, 2)).astype(jnp.int32)  # (nq, nk)
 
-    def one_query_block(args):
-        qb, qpos, branch_row = args  # (B, KV, G·bq, D), (B, bq), (nk,)
-        qpos_rows = jnp.tile(qpos, (1, group))  # row r of G·bq is query r % bq
-
-        def update(masked):
-            @jax.checkpoint  # backward recomputes scores per block instead of storing them
-            def fn(carry, kb, vb, kpos):
-                mask = _allowed(qpos_rows, kpos, sliding_window)[:, None] if masked else None
-                return _online_update(carry, qb, kb, vb, mask)
-            return fn
-
-        def step(carry, xs):
-            *kv, branch = xs
-            return jax.lax.switch(branch, (lambda c, *_: c, update(False), update(True)), carry, *kv), None
-
-        rows = group * block_q
-        init = (jnp.full((b, num_kv, rows), NEG_INF / 2, jnp.float32), jnp.zeros((b, num_kv, rows), jnp.float32),
-                jnp.zeros((b, num_kv, rows, d), jnp.float32))
-        (_, l, acc), _ = jax.lax.scan(step, init, (*kv_blocks, branch_row))
-        # A row that saw no allowed key has l ~ 0 (every p underflowed); one that did has l >= 1.
-        out = jnp.where((l >= 0.5)[..., None], acc / jnp.maximum(l, 0.5)[..., None], 0.0)  # (B, KV, G·bq, D)
-        return jnp.transpose(out.reshape(b, num_kv, group, block_q, d), (0, 3, 1, 2, 4))  # (B, bq, KV, G, D)
-
-    out = jax.lax.map(one_query_block, (q_blocks, qp_blocks, branches))  # (nq, B, bq, KV, G, D)
-    out = jnp.moveaxis(out, 0, 1).reshape(b, nq * block_q, h, d)[:, :lq]
-    return out.astype(q.dtype)
+    qpos_rows = jnp.tile(qp_blocks, (1, 1, group))  # row r of G·bq is query r % bq
+    out = _blocked_attention(q_blocks, kv_blocks[0], kv_blocks[1], qpos_rows, kv_blocks[2], branches, sliding_window)  # (nq, B, KV, G·bq, D)
+    out = jnp.transpose(out.reshape(nq, b, num_kv, group, block_q, d), (1, 0, 4, 2, 3, 5))  # (B, nq, bq, KV, G, D)
+    return out.reshape(b, nq * block_q, h, d)[:, :lq].astype(q.dtype)
 
 
 def cudnn_attention(q: jax.Array, k: jax.Array, v: jax.Array, sliding_window: int | None = None,
