@@ -1,10 +1,11 @@
 """Training-step throughput and peak memory: longrope-jax vs transformers (PyTorch fp32), SmolLM2-135M, real text.
 
-    python -m benchmarks.train [--lengths 4096,16384] [--impls ours,torch] [--remat full] [--out PATH]
+    python -m benchmarks.train [--lengths 4096,16384] [--impls ours,torch] [--remat save_attention] [--out PATH]
 
 One optimizer step = loss over the first L tokens of *Emma* + backward + AdamW update, fp32 weights on both sides.
 * ours: `jax.jit` of value_and_grad(`sequence_nll`) + optax AdamW, parameters donated, layer remat policy
-  `--remat` (ModelConfig.remat: full recomputes each layer in the backward pass, none stores everything).
+  `--remat` (ModelConfig.remat: full recomputes each layer in the backward pass, save_attention (the default, what
+  configs/smollm2_135m.py fine-tunes with) the same but keeps the attention output, none stores everything).
 * torch: `model(input_ids, labels=input_ids).loss.backward()` + `torch.optim.AdamW.step()`, with HF gradient
   checkpointing on when `--remat` is not "none" (the same per-layer recompute), sdpa attention.
 One subprocess per (implementation, length); a first step (compile / warm-up) is excluded; the best of
@@ -114,7 +115,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", default="4096,16384")
     parser.add_argument("--impls", default="ours,torch")
-    parser.add_argument("--remat", default="full", choices=("none", "full", "dots_saveable", "nothing_saveable"))
+    parser.add_argument("--remat", default="save_attention", choices=("none", "full", "save_attention", "dots_saveable",
+                                                                "nothing_saveable"))
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--worker", choices=("ours", "torch"), help=argparse.SUPPRESS)

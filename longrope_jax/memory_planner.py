@@ -10,6 +10,7 @@ i = intermediate, each divided by `tensor` where the heads / mlp dimension divid
                    after RoPE, attention output, gate, silu(gate), up, gate·up)
   "dots_saveable"  layer input + matmul outputs without batch dims: 3e + q + 2kv + 2i
   "full"           the layer input only: e
+  "save_attention" the layer input + the blockwise kernel's float32 output and log-sum-exp: e + (q + heads)·4/bytes
 plus one layer's working set during its backward (its recomputed activations and their cotangents).
 """
 
@@ -27,7 +28,7 @@ from longrope_jax.model.config import ModelConfig
 
 GIB = 1024 ** 3
 CHIPS_GIB: dict[str, float] = {"TPU v4": 32, "TPU v5e": 16, "TPU v5p": 95, "TPU v6e": 32, "H100": 80, "H200": 141}
-REMAT = ("none", "full", "dots_saveable")
+REMAT = ("none", "full", "save_attention", "dots_saveable")
 MODES = ("train", "eval")
 COMPONENTS = ("weights", "gradients", "optimizer", "fsdp_gather", "activations", "attention_scratch", "logits",
               "kv_cache")
@@ -108,7 +109,7 @@ def plan_memory(config: ModelConfig | Mapping[str, Any], seq_len: int,
       mesh: (data, fsdp, tensor, context) sizes, or a dict with those keys.
       mode: "train" (weights, grads, AdamW state, saved activations) or "eval" (forward + a KV cache of seq_len,
         as for decoding after a seq_len prompt).
-      remat: "none", "full" or "dots_saveable" (see module docstring).
+      remat: "none", "full", "save_attention" or "dots_saveable" (see module docstring).
       master_weights: keep an fp32 master copy in the optimizer state; default: when params are not fp32.
       batch_per_replica: sequences per (data × fsdp) replica; global batch = data·fsdp·batch_per_replica.
       usable_fraction: share of HBM the plan may use (XLA runtime reserve, fragmentation).
@@ -138,8 +139,9 @@ def plan_memory(config: ModelConfig | Mapping[str, Any], seq_len: int,
     i = _split(cfg.intermediate_size, t)
     vocab = _split(cfg.vocab_size, t)
     layer_all = 4 * e + 3 * q + 3 * kv + 4 * i  # per token, what a layer's backward reads
-    saved = {"none": layer_all, "dots_saveable": 3 * e + q + 2 * kv + 2 * i, "full": e}[remat]
     heads = _split(cfg.num_heads, t)
+    saved = {"none": layer_all, "dots_saveable": 3 * e + q + 2 * kv + 2 * i, "full": e,
+             "save_attention": e + (q + heads) * 4 / a_b}[remat]
     bq, bk = min(block_q, local_len), min(block_kv, local_len)
     train = mode == "train"
 
@@ -151,7 +153,7 @@ def plan_memory(config: ModelConfig | Mapping[str, Any], seq_len: int,
         # Saved per layer for the backward, one layer's working set (recomputed activations unless remat is
         # "none", plus their cotangents), and the final hidden states with their gradient.
         working = layer_all * (1 if remat == "none" else 2)
-        out["activations"] = tokens * a_b * (cfg.num_layers * saved + working + 2 * e)
+        out["activations"] = int(tokens * a_b * (cfg.num_layers * saved + working + 2 * e))
     else:
         out["activations"] = tokens * a_b * (layer_all + e)  # one layer's intermediates at a time
         out["kv_cache"] = cfg.num_layers * 2 * batch_per_replica * local_len * kv * a_b

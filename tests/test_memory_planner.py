@@ -36,8 +36,8 @@ def test_activations_linear_in_length_and_split_by_context():
     # Batch per replica multiplies tokens per chip like length does.
     assert plan_memory(LLAMA, 65536, (1, 8, 1, 2), batch_per_replica=2)["bytes"]["activations"] == 2 * base
     by_policy = {r: plan_memory(LLAMA, 65536, (1, 8, 1, 2), remat=r)["bytes"]["activations"]
-                 for r in ("none", "dots_saveable", "full")}
-    assert by_policy["none"] > by_policy["dots_saveable"] > by_policy["full"]
+                 for r in ("none", "dots_saveable", "save_attention", "full")}
+    assert by_policy["none"] > by_policy["dots_saveable"] > by_policy["save_attention"] > by_policy["full"]
 
 
 def test_optimizer_weights_and_gradients_divided_by_fsdp():

@@ -11,6 +11,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 NEG_INF = -1e30  # finite, so fully masked rows give zeros instead of NaN
 
@@ -141,6 +142,9 @@ def _blocked_attention(qb_all, kb_all, vb_all, qpos_all, kpos_all, branches, win
 
 def _blocked_attention_fwd(qb_all, kb_all, vb_all, qpos_all, kpos_all, branches, window):
     out, lse = _blocked_forward(qb_all, kb_all, vb_all, qpos_all, kpos_all, branches, window)
+    # Named so a remat policy can keep them: the backward then needs q, k, v only (cheap to recompute), not a
+    # second run of this forward ("save_attention" in transformer._REMAT).
+    out, lse = checkpoint_name(out, "attention_out"), checkpoint_name(lse, "attention_lse")
     return out, (qb_all, kb_all, vb_all, qpos_all, kpos_all, branches, out, lse)
 
 

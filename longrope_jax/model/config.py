@@ -12,7 +12,7 @@ from longrope_jax.rope import RopeSpec, from_hf_config as rope_from_hf_config
 
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "phi3": "Phi3ForCausalLM"}
 ATTENTION_IMPLS = ("auto", "reference", "blockwise", "cudnn", "splash")
-REMAT_POLICIES = ("none", "full", "dots_saveable", "nothing_saveable")
+REMAT_POLICIES = ("none", "full", "save_attention", "dots_saveable", "nothing_saveable")
 
 
 @dataclasses.dataclass(frozen=True)
