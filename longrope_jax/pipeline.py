@@ -24,6 +24,7 @@ import numpy as np
 
 from longrope_jax.errors import ConfigError
 from longrope_jax.io import read_json, write_json_atomic, write_text_atomic
+from longrope_jax.model.config import SPEED_ONLY_MODEL_KEYS
 
 STAGES = ("search_long", "finetune", "search_final", "search_short", "export", "report")
 MANIFEST = "manifest.json"
@@ -32,7 +33,9 @@ MANIFEST = "manifest.json"
 # Settings added after workdirs already existed, left out of stage fingerprints while at these values so finished
 # stages of older workdirs still match. verdict_results never matters here: the pipeline turns the verdict off.
 _LATER_DEFAULTS = {"search": {"seed_methods": ["pi", "ntk", "yarn"], "seed_scales": [1.0]}}
-_NOT_FINGERPRINTED = {"search": ("verdict_results",), "model": ("vmap_width",)}  # never change the results
+# Speed / memory settings that never change the results; also dropped from fingerprints stored before they were
+# left out, so switching them (e.g. model.remat) never invalidates a finished stage.
+_NOT_FINGERPRINTED = {"search": ("verdict_results",), "model": SPEED_ONLY_MODEL_KEYS}
 
 
 def _section(config: Any, name: str) -> dict:
@@ -45,6 +48,12 @@ def _section(config: Any, name: str) -> dict:
     for key in _NOT_FINGERPRINTED.get(name, ()):
         section.pop(key, None)
     return section
+
+
+def _comparable(fingerprint: dict) -> dict:
+    """A stored stage fingerprint without the settings `_NOT_FINGERPRINTED` (older workdirs recorded some)."""
+    return {name: ({k: v for k, v in section.items() if k not in _NOT_FINGERPRINTED.get(name, ())}
+                   if isinstance(section, dict) else section) for name, section in fingerprint.items()}
 
 
 class Pipeline:
@@ -72,14 +81,14 @@ class Pipeline:
         entry = self.manifest["stages"].get(stage)
         fingerprint = self._fingerprint(stage, inputs)
         if entry and entry.get("status") == "done":
-            if entry["fingerprint"] == fingerprint:
+            if _comparable(entry["fingerprint"]) == fingerprint:
                 print(f"[{stage}] already done, skipping")
                 return entry["outputs"]
-            changed = sorted(k for k in fingerprint if fingerprint[k] != entry["fingerprint"].get(k))
+            changed = sorted(k for k in fingerprint if fingerprint[k] != _comparable(entry["fingerprint"]).get(k))
             raise ConfigError(f"stage {stage} already finished in {self.workdir} with different settings "
                               f"({', '.join(changed)}); use a new --workdir, or delete {self.workdir / stage} and "
                               f"its manifest entry to redo it")
-        if entry and entry.get("fingerprint") != fingerprint:
+        if entry and _comparable(entry.get("fingerprint") or {}) != fingerprint:
             raise ConfigError(f"stage {stage} was started in {self.workdir} with different settings; use a new "
                               f"--workdir, or delete {self.workdir / stage} and its manifest entry")
         self.manifest["stages"][stage] = {"status": "running", "fingerprint": fingerprint}

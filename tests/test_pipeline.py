@@ -101,6 +101,12 @@ def test_settings_added_later_keep_older_workdirs_matching(tmp_path):
     older = json.loads(json.dumps(current))  # what a workdir written before these settings holds
     config.search.verdict_results = "runs/eval/results.json"  # the pipeline never runs a verdict
     config.model.vmap_width = "0"  # speed and memory only
+    config.model.remat = "save_attention"
     assert Pipeline(config, tmp_path)._fingerprint("search_long", {}) == older
+    # A workdir written while remat / vmap_width were fingerprinted still matches after they change.
+    from longrope_jax.pipeline import _comparable
+    recorded = json.loads(json.dumps(older))
+    recorded["model"].update(remat="full", vmap_width="auto")
+    assert _comparable(recorded) == Pipeline(config, tmp_path)._fingerprint("search_long", {})
     config.search.seed_scales = (1.0, 1.25)
     assert Pipeline(config, tmp_path)._fingerprint("search_long", {})["search"]["seed_scales"] == [1.0, 1.25]

@@ -226,6 +226,13 @@ def test_verdict_takes_baselines_measured_by_evaluate(tmp_path):
     assert full["verdict"]["reused_from_evaluation"] == []
     for method, value in full["verdict"]["perplexity"].items():
         assert reused["verdict"]["perplexity"][method] == pytest.approx(value, rel=1e-5)
+    # Speed-only settings (remat, vmap_width) never make results "another model", also in files that recorded them.
+    results_file = tmp_path / "eval" / "results.json"
+    recorded = json.loads(results_file.read_text())
+    recorded["model"].update(remat="full", vmap_width="0")
+    results_file.write_text(json.dumps(recorded))
+    config.model.remat = "save_attention"
+    assert run_search(config, tmp_path / "remat")["verdict"]["reused_from_evaluation"] == ["none", "pi"]
     # Results on other documents or another model must never be mixed into the verdict; checked before searching.
     config.search.target_length = 256
     with pytest.raises(ConfigError, match=r"no 256-token results .* only lengths 128\)"):

@@ -23,6 +23,7 @@ from longrope_jax.model.context import context_parallel
 from longrope_jax.sharding import make_mesh
 from longrope_jax.io import read_json, write_json_atomic
 from longrope_jax.loading import load_from_config
+from longrope_jax.model.config import SPEED_ONLY_MODEL_KEYS
 from longrope_jax.rope import equivalent_factors
 
 RESULTS = "results.json"
@@ -52,7 +53,8 @@ def model_record(config: Any) -> dict:
     """Every model setting (path, dtype, attention, ...), stored beside the results so others can tell whether
     they were measured on the same model (`search.verdict_results`)."""
     record = json.loads(json.dumps(config.model.to_dict()))
-    record.pop("vmap_width", None)  # speed and memory only, not the values
+    for key in SPEED_ONLY_MODEL_KEYS:
+        record.pop(key, None)
     return record
 
 

@@ -13,6 +13,8 @@ from longrope_jax.rope import RopeSpec, from_hf_config as rope_from_hf_config
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "phi3": "Phi3ForCausalLM"}
 ATTENTION_IMPLS = ("auto", "reference", "blockwise", "cudnn", "splash")
 REMAT_POLICIES = ("none", "full", "save_attention", "dots_saveable", "nothing_saveable")
+# config.model settings that change speed and memory, never a value: left out of fingerprints and model records.
+SPEED_ONLY_MODEL_KEYS = ("vmap_width", "remat")
 
 
 @dataclasses.dataclass(frozen=True)
