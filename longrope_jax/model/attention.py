@@ -111,6 +111,10 @@ def _blocked_forward(qb_all, kb_all, vb_all, qpos_all, kpos_all, branches, windo
     Rows R = G·bq; qpos_all (nq, B, R) holds each row's position. A row with no allowed key gets out 0 and
     lse +1e30 (so the backward's exp(s - lse) is 0 for it).
     """
+    # Positions (hence masks and branch choices) are usually constants of an enclosing layer `lax.scan`; its
+    # reverse-mode partial evaluation hoists everything computed from constants out of the loop, which here would
+    # materialise every tile's mask and masked-score fill: O(L²) memory. Tying them to q keeps them in the loop.
+    qb_all, qpos_all, kpos_all, branches = jax.lax.optimization_barrier((qb_all, qpos_all, kpos_all, branches))
     def one_query_block(args):
         qb, qpos, branch_row = args
 
