@@ -185,6 +185,8 @@ def _make_ring(axis: str, n: int, window: int | None, block_q: int, block_kv: in
 
     def forward(q, k, v, qpos, kpos):
         scale = q.shape[-1] ** -0.5
+        # Keep position-derived masks inside an enclosing layer scan (see attention._blocked_forward).
+        q, qpos, kpos = jax.lax.optimization_barrier((q, qpos, kpos))
         qb, kv, bq = layouts(q, k, v, qpos, kpos)
         rows = qb.x.shape[:-1]
         state = (jnp.full(rows, NEG_INF, jnp.float32), jnp.zeros(rows, jnp.float32),
