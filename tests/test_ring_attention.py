@@ -134,24 +134,10 @@ def test_length_must_divide_context_axis():
 
 
 @pytest.mark.parametrize("kernel", ["ring", "allgather"])
-def test_gradient_memory_stays_linear_inside_a_layer_scan(kernel):
+def test_gradient_memory_stays_linear_inside_a_layer_scan(kernel, layer_scan_gradient_temp_bytes):
     """Layers stacked with `lax.scan`: reverse mode must not hoist per-tile masks (computed from the constant
     positions) out of the loop. Compiled temporary memory grows ~2x when L doubles (ring was 3.8x before)."""
     mesh = make_mesh(context=8)
-
-    def temp_bytes(length):
-        pos = jnp.arange(length)[None]
-
-        def layer(x, w):
-            h = x @ w
-            q, k, v = h[..., :64].reshape(1, length, H, D), h[..., 64:96], h[..., 96:]
-            out = KERNELS[kernel](q, k.reshape(1, length, KV, D), v.reshape(1, length, KV, D), pos, pos, mesh,
-                                  block_q=64, block_kv=64)
-            return x + out.reshape(1, length, 64), None
-
-        loss = lambda x, w: jnp.sum(jax.lax.scan(layer, x, w)[0] ** 2)
-        args = (jax.ShapeDtypeStruct((1, length, 64), jnp.float32), jax.ShapeDtypeStruct((2, 64, 128), jnp.float32))
-        return jax.jit(jax.grad(loss, argnums=(0, 1))).lower(*args).compile().memory_analysis().temp_size_in_bytes
-
-    small, large = temp_bytes(2048), temp_bytes(4096)
+    attention = lambda q, k, v, pos: KERNELS[kernel](q, k, v, pos, pos, mesh, block_q=64, block_kv=64)
+    small, large = (layer_scan_gradient_temp_bytes(attention, length) for length in (2048, 4096))
     assert large < 2.6 * small, (small, large)
