@@ -109,12 +109,13 @@ def _blocked_forward(qb_all, kb_all, vb_all, qpos_all, kpos_all, branches, windo
     """Online softmax over KV blocks for every query block: (out (nq, B, KV, R, D) float32, lse (nq, B, KV, R)).
 
     Rows R = G·bq; qpos_all (nq, B, R) holds each row's position. A row with no allowed key gets out 0 and
-    lse +1e30 (so the backward's exp(s - lse) is 0 for it).
+    lse +1e30 (so the backward's exp(s - lse) is ~1e-38 for it, and its dO is 0 anyway: padded rows are dropped).
     """
     # Positions (hence masks and branch choices) are usually constants of an enclosing layer `lax.scan`; its
     # reverse-mode partial evaluation hoists everything computed from constants out of the loop, which here would
     # materialise every tile's mask and masked-score fill: O(L²) memory. Tying them to q keeps them in the loop.
     qb_all, qpos_all, kpos_all, branches = jax.lax.optimization_barrier((qb_all, qpos_all, kpos_all, branches))
+
     def one_query_block(args):
         qb, qpos, branch_row = args
 
