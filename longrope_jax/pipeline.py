@@ -80,15 +80,16 @@ class Pipeline:
     def _run_stage(self, stage: str, inputs: dict, body: Callable[[Path], dict]) -> dict:
         entry = self.manifest["stages"].get(stage)
         fingerprint = self._fingerprint(stage, inputs)
+        stored = _comparable(entry.get("fingerprint") or {}) if entry else None
         if entry and entry.get("status") == "done":
-            if _comparable(entry["fingerprint"]) == fingerprint:
+            if stored == fingerprint:
                 print(f"[{stage}] already done, skipping")
                 return entry["outputs"]
-            changed = sorted(k for k in fingerprint if fingerprint[k] != _comparable(entry["fingerprint"]).get(k))
+            changed = sorted(k for k in fingerprint if fingerprint[k] != stored.get(k))
             raise ConfigError(f"stage {stage} already finished in {self.workdir} with different settings "
                               f"({', '.join(changed)}); use a new --workdir, or delete {self.workdir / stage} and "
                               f"its manifest entry to redo it")
-        if entry and _comparable(entry.get("fingerprint") or {}) != fingerprint:
+        if entry and stored != fingerprint:
             raise ConfigError(f"stage {stage} was started in {self.workdir} with different settings; use a new "
                               f"--workdir, or delete {self.workdir / stage} and its manifest entry")
         self.manifest["stages"][stage] = {"status": "running", "fingerprint": fingerprint}

@@ -105,7 +105,8 @@ def test_blockwise_equals_reference(window, length, block_q, block_kv, backward_
         return lambda q, k, v: jnp.sum(fn(q, k, v) * cotangent)
     grads = jax.grad(loss(lambda q, k, v: blockwise_attention(q, k, v, pos, pos, window, block_q, block_kv)),
                      argnums=(0, 1, 2))(q, k, v)
-    grads_ref = jax.grad(loss(lambda q, k, v: reference_attention(q, k, v, pos, pos, window)), argnums=(0, 1, 2))(q, k, v)
+    grads_ref = jax.grad(loss(lambda q, k, v: reference_attention(q, k, v, pos, pos, window)),
+                         argnums=(0, 1, 2))(q, k, v)
     for name, got, want in zip("qkv", grads, grads_ref):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=2e-5, err_msg=f"d{name}")
 

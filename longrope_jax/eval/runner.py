@@ -52,10 +52,12 @@ def _methods(eval_cfg: Any) -> list[str]:
 def model_record(config: Any) -> dict:
     """Every model setting (path, dtype, attention, ...), stored beside the results so others can tell whether
     they were measured on the same model (`search.verdict_results`)."""
-    record = json.loads(json.dumps(config.model.to_dict()))
-    for key in SPEED_ONLY_MODEL_KEYS:
-        record.pop(key, None)
-    return record
+    return values_only(json.loads(json.dumps(config.model.to_dict())))
+
+
+def values_only(record: dict) -> dict:
+    """A model record without the speed-only settings (older results files recorded some of them)."""
+    return {k: v for k, v in record.items() if k not in SPEED_ONLY_MODEL_KEYS}
 
 
 def _fingerprint(config: Any) -> dict:

@@ -130,7 +130,8 @@ def _blocked_forward(qb_all, kb_all, vb_all, qpos_all, kpos_all, branches, windo
             return _branch(branch, lambda c, *_: c, update(False), update(True), carry, *kv), None
 
         rows = qb.shape[:-1]
-        init = (jnp.full(rows, NEG_INF / 2, jnp.float32), jnp.zeros(rows, jnp.float32), jnp.zeros(qb.shape, jnp.float32))
+        init = (jnp.full(rows, NEG_INF / 2, jnp.float32), jnp.zeros(rows, jnp.float32),
+                jnp.zeros(qb.shape, jnp.float32))
         (m, l, acc), _ = jax.lax.scan(step, init, (kb_all, vb_all, kpos_all, branch_row))
         # A row that saw no allowed key has l ~ 0 (every p underflowed); one that did has l >= 1.
         seen = l >= 0.5
@@ -260,7 +261,8 @@ def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, q_positions: j
     branches = jnp.where(skip, 0, jnp.where(full, 1, 2)).astype(jnp.int32)  # (nq, nk)
 
     qpos_rows = jnp.tile(qp_blocks, (1, 1, group))  # row r of G·bq is query r % bq
-    out = _blocked_attention(q_blocks, kv_blocks[0], kv_blocks[1], qpos_rows, kv_blocks[2], branches, sliding_window)  # (nq, B, KV, G·bq, D)
+    k_blocks, v_blocks, kpos_blocks = kv_blocks
+    out = _blocked_attention(q_blocks, k_blocks, v_blocks, qpos_rows, kpos_blocks, branches, sliding_window)
     out = jnp.transpose(out.reshape(nq, b, num_kv, group, block_q, d), (1, 0, 4, 2, 3, 5))  # (B, nq, bq, KV, G, D)
     return out.reshape(b, nq * block_q, h, d)[:, :lq].astype(q.dtype)
 

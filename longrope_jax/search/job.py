@@ -210,8 +210,7 @@ def _measured_baselines(config, results_path: str, target: int, names: list[str]
     """{method: perplexity} from an `experiments.evaluate` results.json (or its workdir) made with the same model
     settings, data config and held-out documents at `target` (at 32k each baseline is minutes of CPU); a file
     that does not match is an error, never silently mixed in."""
-    from longrope_jax.eval.runner import RESULTS, model_record
-    from longrope_jax.model.config import SPEED_ONLY_MODEL_KEYS
+    from longrope_jax.eval.runner import RESULTS, model_record, values_only
     from longrope_jax.io import read_json
     path = Path(results_path)
     path = path / RESULTS if path.is_dir() else path
@@ -237,8 +236,7 @@ def _measured_baselines(config, results_path: str, target: int, names: list[str]
     if "model" not in results:  # written before results recorded the model settings: only its path was checked
         print(f"warning: {path} does not record the model settings; reusing it on the model path alone",
               file=sys.stderr)
-    elif ({k: v for k, v in results["model"].items() if k not in SPEED_ONLY_MODEL_KEYS}  # older files kept them
-          != model_record(config)):
+    elif values_only(results["model"]) != model_record(config):
         raise ConfigError(f"search.verdict_results: {path} was measured with different model settings (dtype, "
                           f"attention, ...); use matching results or leave it empty")
     available = results.get("documents", {}).get(str(target))
