@@ -13,6 +13,7 @@ def paper_recipe(name: str, model_path: str, first_target: int, final_target: in
     config.model.remat = "full"
     config.data.source = "tfds"
     config.data.tfds_name = "pg19"
+    config.data.text_key = "book_text"  # pg19's field; the shared default "text" is the files source's
     config.data.train_split = "train"
     config.data.search_split = "validation"
     config.data.held_out_split = "test"

@@ -1,5 +1,6 @@
 """Evaluation: batched candidates == separate runs, method parity with transformers, CLI, resume, errors."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -131,6 +132,18 @@ def test_evaluation_resumes_after_interruption(tmp_path, monkeypatch):
     assert (tmp_path / "resumed" / "perplexity_vs_length.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ConfigError, match="different model/data/factors"):
         run_evaluation(tiny_config(documents=2), tmp_path / "resumed")
+    bf16 = tiny_config()
+    bf16.model.dtype = "bfloat16"  # other scores: never appended to float32 ones
+    with pytest.raises(ConfigError, match="different model/data/factors"):
+        run_evaluation(bf16, tmp_path / "resumed")
+    # Results written before the fingerprint held the dtype (it was in their model record) still resume.
+    results_file = tmp_path / "resumed" / "results.json"
+    legacy = read_json(results_file)
+    del legacy["fingerprint"]["dtype"]
+    results_file.write_text(json.dumps(legacy))
+    assert run_evaluation(tiny_config(), tmp_path / "resumed")["perplexity"] == clean["perplexity"]
+    with pytest.raises(ConfigError, match="different model/data/factors"):
+        run_evaluation(bf16, tmp_path / "resumed")
 
 
 def test_evaluation_errors():

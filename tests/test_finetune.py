@@ -16,7 +16,7 @@ from longrope_jax.loading import load_from_config
 from longrope_jax.model.config import ModelConfig
 from longrope_jax.rope import RopeSpec
 from longrope_jax.train import data as train_data
-from longrope_jax.train.trainer import Trainer, check_memory, read_metrics
+from longrope_jax.train.trainer import Trainer, check_memory, make_optimizer, read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,7 +80,9 @@ def test_resume_onto_a_different_mesh(tmp_path):
                                             "--config.finetune.mesh=1,2,2,1"), cwd=ROOT, capture_output=True,
                            text=True, timeout=600)
     assert first.returncode == 0, first.stderr
-    resumed = subprocess.run(finetune_command(tmp_path / "w", "--config.finetune.mesh=1,1,1,1"), cwd=ROOT,
+    # Another mesh, and another kernel and tiling (speed-only settings, as when a CPU run resumes on a TPU).
+    resumed = subprocess.run(finetune_command(tmp_path / "w", "--config.finetune.mesh=1,1,1,1",
+                                              "--config.model.attention=reference", "--config.model.block_q=64"), cwd=ROOT,
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
     reference = subprocess.run(finetune_command(tmp_path / "ref"), cwd=ROOT, capture_output=True, text=True,
@@ -95,6 +97,32 @@ def test_resume_onto_a_different_mesh(tmp_path):
     summary = json.loads((tmp_path / "w" / "summary.json").read_text())
     assert summary["steps"] == 14 and summary["last_loss"] < summary["first_loss"]
     assert (tmp_path / "w" / "loss.png").exists() and (tmp_path / "w" / "model" / "longrope_model.json").exists()
+
+
+def test_gradient_accumulation_lays_the_schedule_out_in_optimizer_updates():
+    import jax.numpy as jnp
+    import ml_collections
+
+    def moves_per_update(**changes) -> list[float]:
+        # loss = p: every gradient is 1, so each AdamW update moves p by about the learning rate of that update.
+        cfg = ml_collections.ConfigDict(dict(learning_rate=1.0, warmup_steps=2, steps=6, final_lr_fraction=0.1,
+                                             grad_clip=10.0, weight_decay=0.0, grad_accum=1))
+        cfg.update(changes)
+        optimizer, p = make_optimizer(cfg), jnp.zeros(())
+        state, moves = optimizer.init(p), []
+        for _ in range(cfg.steps):
+            updates, state = optimizer.update(jnp.ones(()), state, p)
+            moves.append(-float(updates))
+            p = p + updates
+        accum = cfg.grad_accum
+        assert all(m == 0.0 for i, m in enumerate(moves) if i % accum != accum - 1)  # only every accum-th batch
+        return moves[accum - 1::accum]
+
+    one_by_one = moves_per_update()
+    accumulated = moves_per_update(steps=12, warmup_steps=4, grad_accum=2)  # 2 batches per update: 6 updates
+    np.testing.assert_allclose(accumulated, one_by_one, rtol=1e-6)
+    # Warmup from 0 over 2 updates, peak 1.0, cosine down towards 0.1 by the last update.
+    assert one_by_one[0] == 0.0 and one_by_one[2] == pytest.approx(1.0, rel=1e-3) and one_by_one[-1] < 0.3
 
 
 def test_memory_and_mixing_rules():

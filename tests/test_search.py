@@ -107,6 +107,12 @@ def test_cache_serves_a_second_run_without_any_evaluation(tmp_path):
     assert set(second["verdict"]["perplexity"]) == {"none", "pi", "ntk", "dynamic", "yarn", "searched"}
     with pytest.raises(ConfigError, match="different settings"):
         run_search(tiny(cache=str(tmp_path / "c.sqlite"), seed=9), tmp_path / "two")
+    # Another compute dtype scores differently: it never takes float32 scores from the cache or the state.
+    bf16 = tiny(cache=str(tmp_path / "c.sqlite"))
+    bf16.model.dtype = "bfloat16"
+    with pytest.raises(ConfigError, match="different settings"):
+        run_search(bf16, tmp_path / "two")
+    assert run_search(bf16, tmp_path / "bf16")["stats"]["cache_hits"] == 0
 
 
 @pytest.mark.parametrize("vmap_width", [0, 3])
@@ -226,12 +232,13 @@ def test_verdict_takes_baselines_measured_by_evaluate(tmp_path):
     assert full["verdict"]["reused_from_evaluation"] == []
     for method, value in full["verdict"]["perplexity"].items():
         assert reused["verdict"]["perplexity"][method] == pytest.approx(value, rel=1e-5)
-    # Speed-only settings (remat, vmap_width) never make results "another model", also in files that recorded them.
+    # Speed-only settings (remat, kernel, tiles, ...) never make results "another model", also in files that
+    # recorded them.
     results_file = tmp_path / "eval" / "results.json"
     recorded = json.loads(results_file.read_text())
-    recorded["model"].update(remat="full", vmap_width="0")
+    recorded["model"].update(remat="full", vmap_width="0", loss_chunk=7)
     results_file.write_text(json.dumps(recorded))
-    config.model.remat = "save_attention"
+    config.model.remat, config.model.attention = "save_attention", "reference"
     assert run_search(config, tmp_path / "remat")["verdict"]["reused_from_evaluation"] == ["none", "pi"]
     # Results on other documents or another model must never be mixed into the verdict; checked before searching.
     config.search.target_length = 256
@@ -242,10 +249,10 @@ def test_verdict_takes_baselines_measured_by_evaluate(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         run_search(config, tmp_path / "missing_file")
     config.search.verdict_results = str(tmp_path / "eval" / "results.json")
-    config.model.loss_chunk = 32
+    config.model.dtype = "bfloat16"
     with pytest.raises(ConfigError, match="different model settings"):
         run_search(config, tmp_path / "other_model")
-    config.model.loss_chunk = 64
+    config.model.dtype = "float32"
     config.eval.split = "search"
     run_evaluation(config, tmp_path / "other")
     config.search.verdict_results = str(tmp_path / "other" / "results.json")

@@ -23,7 +23,7 @@ from longrope_jax.model.context import context_parallel
 from longrope_jax.sharding import make_mesh
 from longrope_jax.io import read_json, write_json_atomic
 from longrope_jax.loading import load_from_config
-from longrope_jax.model.config import SPEED_ONLY_MODEL_KEYS
+from longrope_jax.model.config import without_speed_settings
 from longrope_jax.rope import equivalent_factors
 
 RESULTS = "results.json"
@@ -52,18 +52,13 @@ def _methods(eval_cfg: Any) -> list[str]:
 def model_record(config: Any) -> dict:
     """Every model setting (path, dtype, attention, ...), stored beside the results so others can tell whether
     they were measured on the same model (`search.verdict_results`)."""
-    return values_only(json.loads(json.dumps(config.model.to_dict())))
-
-
-def values_only(record: dict) -> dict:
-    """A model record without the speed-only settings (older results files recorded some of them)."""
-    return {k: v for k, v in record.items() if k not in SPEED_ONLY_MODEL_KEYS}
+    return without_speed_settings(json.loads(json.dumps(config.model.to_dict())))
 
 
 def _fingerprint(config: Any) -> dict:
     """What must not change between a run and its resumption (JSON-normalised: tuples become lists)."""
-    return json.loads(json.dumps({"model": config.model.path, "data": config.data.to_dict(),
-                                  "split": config.eval.split, "documents": config.eval.documents,
+    return json.loads(json.dumps({"model": config.model.path, "dtype": config.model.dtype,
+                                  "data": config.data.to_dict(), "split": config.eval.split, "documents": config.eval.documents,
                                   "factors": config.eval.factors}))
 
 
@@ -71,9 +66,12 @@ def _load_results(workdir: Path, config: Any) -> dict:
     results = read_json(workdir / RESULTS, default=None)
     if results is None:
         return {"fingerprint": _fingerprint(config), "perplexity": {}, "nll": {}, "passkey": {}}
-    if results.get("fingerprint") != _fingerprint(config):
+    # Results written before the fingerprint held the compute dtype name it in their model record (else float32).
+    stored = {"dtype": results.get("model", {}).get("dtype", "float32"), **results.get("fingerprint", {})}
+    if stored != _fingerprint(config):
         raise ConfigError(f"{workdir / RESULTS} was written with a different model/data/factors config; use a new "
                           f"--workdir or delete the old results")
+    results["fingerprint"] = _fingerprint(config)
     return results
 
 

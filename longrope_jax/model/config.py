@@ -13,9 +13,18 @@ from longrope_jax.rope import RopeSpec, from_hf_config as rope_from_hf_config
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "phi3": "Phi3ForCausalLM"}
 ATTENTION_IMPLS = ("auto", "reference", "blockwise", "cudnn", "splash")
 REMAT_POLICIES = ("none", "full", "save_attention", "dots_saveable", "nothing_saveable")
-# config.model settings that change speed and memory, never a value: left out of fingerprints and model records.
-SPEED_ONLY_MODEL_KEYS = ("vmap_width", "remat")
+# config.model / ModelConfig settings that choose how a value is computed (kernel, tiles, recompute, vectorisation,
+# layer loop), never which value: results agree to float rounding (blockwise == reference attention within 1e-5 is
+# a test). Left out of stage fingerprints, checkpoint fingerprints and model records, so switching one (or resuming
+# on another backend, where attention="auto" picks another kernel) invalidates no workdir.
+SPEED_ONLY_MODEL_KEYS = ("vmap_width", "remat", "attention", "block_q", "block_kv", "loss_chunk", "scan_layers",
+                         "context_attention")
 
+
+
+def without_speed_settings(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A model record (config.model section or `config_to_dict`) without the `SPEED_ONLY_MODEL_KEYS`."""
+    return {k: v for k, v in record.items() if k not in SPEED_ONLY_MODEL_KEYS}
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:

@@ -140,8 +140,11 @@ def run_search(config: Any, workdir: str | Path, model_bundle=None) -> dict:
         baselines = _measured_baselines(config, search_cfg.verdict_results, target, held_out[1])
     model_id = fingerprint(config_to_dict(cfg)["rope"], np.asarray(model.embed_tokens[...][:4]),
                            np.asarray(model.layers.self_attn.q_proj[...][0, :4]))
+    # The compute dtype changes every score; float32 (the only dtype before it was part of the key) adds nothing,
+    # so caches and search states made before stay valid.
+    dtype = () if cfg.dtype == "float32" else (cfg.dtype,)
     namespace = fingerprint(model_id, documents, target, round(mscale, 9), space.kind, space.critical_dim,
-                            base_factors, loss_mask if loss_mask is not None else "perplexity")
+                            base_factors, loss_mask if loss_mask is not None else "perplexity", *dtype)
     cache = FitnessCache(search_cfg.cache or cache_dir("search") / "fitness.sqlite", namespace)
     evaluator = FitnessEvaluator(model, documents, space, mscale,
                                  default_inv_freq(base.theta, base.rotary_dim) / base_factors,
@@ -210,7 +213,8 @@ def _measured_baselines(config, results_path: str, target: int, names: list[str]
     """{method: perplexity} from an `experiments.evaluate` results.json (or its workdir) made with the same model
     settings, data config and held-out documents at `target` (at 32k each baseline is minutes of CPU); a file
     that does not match is an error, never silently mixed in."""
-    from longrope_jax.eval.runner import RESULTS, model_record, values_only
+    from longrope_jax.eval.runner import RESULTS, model_record
+    from longrope_jax.model.config import without_speed_settings
     from longrope_jax.io import read_json
     path = Path(results_path)
     path = path / RESULTS if path.is_dir() else path
@@ -236,9 +240,9 @@ def _measured_baselines(config, results_path: str, target: int, names: list[str]
     if "model" not in results:  # written before results recorded the model settings: only its path was checked
         print(f"warning: {path} does not record the model settings; reusing it on the model path alone",
               file=sys.stderr)
-    elif values_only(results["model"]) != model_record(config):
-        raise ConfigError(f"search.verdict_results: {path} was measured with different model settings (dtype, "
-                          f"attention, ...); use matching results or leave it empty")
+    elif without_speed_settings(results["model"]) != model_record(config):  # older files recorded some
+        raise ConfigError(f"search.verdict_results: {path} was measured with different model settings (e.g. "
+                          f"dtype); use matching results or leave it empty")
     available = results.get("documents", {}).get(str(target))
     if available is None or available[:len(names)] != names:
         has = (f"documents {available} at {target}" if available is not None else

@@ -22,7 +22,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from tqdm import tqdm
 
 from longrope_jax.errors import CheckpointError, ConfigError
-from longrope_jax.model.config import ModelConfig, config_to_dict
+from longrope_jax.model.config import ModelConfig, config_to_dict, without_speed_settings
 from longrope_jax.distributed import is_primary
 from longrope_jax.model.context import context_parallel
 from longrope_jax.model.loss import sequence_nll
@@ -35,13 +35,19 @@ REFERENCE_ATTENTION_BYTES = 2 << 30  # beyond this an L×L score matrix is an OO
 
 
 def make_optimizer(cfg: Any) -> optax.GradientTransformation:
-    schedule = optax.warmup_cosine_decay_schedule(0.0, float(cfg.learning_rate), int(cfg.warmup_steps),
-                                                  max(int(cfg.steps), int(cfg.warmup_steps) + 1),
+    """AdamW with warmup + cosine decay and clipping, for the finetune config section.
+
+    steps and warmup_steps count batches; with grad_accum = k the optimizer updates once per k batches
+    (optax.MultiSteps advances the inner schedule per update), so the schedule is laid out in updates.
+    """
+    accum = max(1, int(cfg.grad_accum))
+    updates, warmup = -(-int(cfg.steps) // accum), -(-int(cfg.warmup_steps) // accum)  # ceil: a last partial one
+    schedule = optax.warmup_cosine_decay_schedule(0.0, float(cfg.learning_rate), warmup, max(updates, warmup + 1),
                                                   float(cfg.learning_rate) * float(cfg.final_lr_fraction))
     chain = optax.chain(optax.clip_by_global_norm(float(cfg.grad_clip)),
                         optax.adamw(schedule, b1=0.9, b2=0.95, weight_decay=float(cfg.weight_decay)))
-    if int(cfg.grad_accum) > 1:
-        chain = optax.MultiSteps(chain, every_k_schedule=int(cfg.grad_accum))
+    if accum > 1:
+        chain = optax.MultiSteps(chain, every_k_schedule=accum)
     return chain
 
 
@@ -103,7 +109,7 @@ class Trainer:
     def fingerprint(self) -> dict:
         cfg = self.cfg
         return json.loads(json.dumps({
-            "model": config_to_dict(self.model_cfg.replace(attention="auto", remat="none")),
+            "model": without_speed_settings(config_to_dict(self.model_cfg)),
             "long_rope": self.long_spec.to_dict(), "seq_len": cfg.seq_len, "short_seq_len": cfg.short_seq_len,
             "batch_size": cfg.batch_size, "long_ratio": cfg.long_ratio, "learning_rate": cfg.learning_rate,
             "grad_accum": cfg.grad_accum, "seed": cfg.seed, "steps": cfg.steps, "warmup_steps": cfg.warmup_steps,
@@ -124,7 +130,9 @@ class Trainer:
         if step is None:
             return False
         meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-        saved, current = meta["fingerprint"], self.fingerprint()
+        # Checkpoints written before a setting counted as speed-only still recorded it: compare without them.
+        saved = {**meta["fingerprint"], "model": without_speed_settings(meta["fingerprint"].get("model", {}))}
+        current = self.fingerprint()
         if saved != current:
             changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
             raise CheckpointError(f"checkpoint at step {step} in {self.workdir} was made with different settings "
