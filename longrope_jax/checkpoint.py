@@ -9,9 +9,6 @@ Layout of a model directory:
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +17,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from longrope_jax.errors import CheckpointError
+from longrope_jax.io import staged_dir, write_text_atomic
 from longrope_jax.model.config import ModelConfig, config_from_dict, config_to_dict
 
 CONFIG_FILE = "longrope_model.json"
@@ -36,17 +34,13 @@ def is_model_dir(path: str | Path) -> bool:
 def save_model_dir(cfg: ModelConfig, params: dict[str, Any], path: str | Path, tokenizer=None) -> Path:
     """Writes a model directory atomically (staging directory renamed into place)."""
     path = Path(path).absolute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=path.name + ".partial-"))
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(staging / "params", {_escape(k): v for k, v in params.items()})
-    checkpointer.wait_until_finished()
-    if tokenizer is not None:
-        tokenizer.save(str(staging / "tokenizer.json"))
-    (staging / CONFIG_FILE).write_text(json.dumps(config_to_dict(cfg), indent=2))
-    if path.exists():
-        shutil.rmtree(path)
-    os.replace(staging, path)
+    with staged_dir(path) as staging:
+        checkpointer = ocp.StandardCheckpointer()
+        checkpointer.save(staging / "params", {_escape(k): v for k, v in params.items()})
+        checkpointer.wait_until_finished()
+        if tokenizer is not None:
+            tokenizer.save(str(staging / "tokenizer.json"))
+        write_text_atomic(staging / CONFIG_FILE, json.dumps(config_to_dict(cfg), indent=2))
     return path
 
 

@@ -1,24 +1,64 @@
-"""Atomic file writes: results and plots are replaced whole, never left half-written by a kill."""
+"""Atomic writes: files and directories are replaced whole, never left half-written by a kill."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Iterator
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path, binary: bool = False) -> Iterator[IO]:
+    """A handle on a temporary file beside `path` that replaces `path` whole when the block ends without error
+    (and is removed if it raises). Made readable by all (0644): caches and exports are shared between users."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
+    with atomic_file(path) as handle:
+        handle.write(text)
+    return Path(path)
+
+
+@contextlib.contextmanager
+def staged_dir(path: str | Path) -> Iterator[Path]:
+    """An empty directory beside `path` to build its new content in; when the block ends without error it replaces
+    `path` by renames (a reader sees the old or the new directory whole, never a mix), and if the block raises it
+    is removed and `path` is untouched. A kill between the two renames leaves the old one in `<path>.old-*`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    return path
+    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f"{path.name}.partial-"))
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    # mkdtemp makes 0700 and some writers (safetensors, mkstemp) 0600: an exported model is for others to read.
+    for entry in [staging, *staging.rglob("*")]:
+        os.chmod(entry, entry.stat().st_mode | (0o555 if entry.is_dir() else 0o444))
+    if not path.exists():
+        os.replace(staging, path)
+        return
+    backup = Path(tempfile.mkdtemp(dir=path.parent, prefix=f"{path.name}.old-"))
+    os.replace(path, backup / path.name)
+    os.replace(staging, path)
+    shutil.rmtree(backup)
 
 
 def write_json_atomic(path: str | Path, data: Any) -> Path:
@@ -36,14 +76,10 @@ def save_figure_atomic(figure, path: str | Path) -> Path:
     """Saves a matplotlib figure as PNG via a temporary file, then closes it."""
     import matplotlib.pyplot as plt
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".png")
-    os.close(fd)
-    figure.savefig(tmp, dpi=120, bbox_inches="tight")
+    with atomic_file(path, binary=True) as handle:
+        figure.savefig(handle, format="png", dpi=120, bbox_inches="tight")
     plt.close(figure)
-    os.replace(tmp, path)
-    return path
+    return Path(path)
 
 
 def _jsonable(value: Any) -> Any:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import longrope_jax
 from longrope_jax.assets import smollm2_gguf_path
@@ -60,3 +61,31 @@ def test_hf_to_hf_installs_rope_scaling_and_rejects_bad_input(tmp_path):
                      "--rope_scaling", str(tmp_path / "rope.json"))
     assert result.returncode == 1 and "monotone" in result.stderr
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_exports_replace_old_ones_whole_and_are_readable_by_others(tmp_path):
+    from longrope_jax.checkpoint import save_model_dir
+
+    cfg = ModelConfig(vocab_size=50, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
+                      num_kv_heads=2, head_dim=8, rope=RopeSpec(head_dim=8, max_position_embeddings=64))
+    first, second = (model_params(init_model(cfg, seed=s)) for s in (0, 1))
+
+    class BrokenTokenizer:
+        def save(self, path):
+            raise OSError("disk full")
+
+    for save in (save_hf_dir, save_model_dir):
+        out = tmp_path / save.__name__
+        save(cfg, first, out)
+        save(cfg, second, out)  # overwrite: the second model, whole
+        loaded = longrope_jax.load_model(out)[0]
+        tokens = jnp.asarray([[1, 2, 3]])
+        np.testing.assert_array_equal(np.asarray(loaded(tokens)), np.asarray(init_model(cfg, seed=1)(tokens)))
+        assert all(f.stat().st_mode & 0o444 == 0o444 for f in [out, *out.rglob("*")])  # readable by all
+        assert all(d.stat().st_mode & 0o111 == 0o111 for d in [out, *out.rglob("*")] if d.is_dir())
+        if save is save_model_dir:  # a failure while writing leaves the old model as it was, and no debris
+            with pytest.raises(OSError, match="disk full"):
+                save(cfg, first, out, tokenizer=BrokenTokenizer())
+            np.testing.assert_array_equal(np.asarray(longrope_jax.load_model(out)[0](tokens)),
+                                          np.asarray(loaded(tokens)))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["save_hf_dir", "save_model_dir"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -17,6 +16,7 @@ import ml_dtypes
 import numpy as np
 
 from longrope_jax.errors import CheckpointError
+from longrope_jax.io import staged_dir, write_text_atomic
 from longrope_jax.model.config import ModelConfig
 
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
@@ -179,13 +179,6 @@ def load_hf_dir(path: Path, **config_overrides: Any) -> tuple[ModelConfig, dict[
     return cfg, hf_to_params(cfg, iter_safetensors(path))
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-
-
 def save_hf_dir(cfg: ModelConfig, params: dict[str, Any], path: Path, tokenizer=None,
                 max_shard_bytes: int = 2 << 30) -> Path:
     """Writes config.json, safetensors shards (+ index when sharded) and tokenizer files that
@@ -194,11 +187,22 @@ def save_hf_dir(cfg: ModelConfig, params: dict[str, Any], path: Path, tokenizer=
     Shards are written to a temporary directory that is renamed into place, so an interrupted export never
     leaves a half-written model at `path`.
     """
+    with staged_dir(path) as staging:
+        _write_shards(params_to_hf(cfg, params), staging, max_shard_bytes)
+        write_text_atomic(staging / "config.json", json.dumps(cfg.to_hf_config(), indent=2))
+        write_text_atomic(staging / "generation_config.json", json.dumps(
+            {"bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id}, indent=2))
+        if tokenizer is not None:
+            from longrope_jax.tokenizer import save_tokenizer_files
+            save_tokenizer_files(tokenizer, staging, cfg)
+    return Path(path)
+
+
+def _write_shards(tensors: Iterable[tuple[str, np.ndarray]], directory: Path, max_shard_bytes: int) -> list[str]:
+    """Streams (HF name, array) pairs into safetensors files of at most max_shard_bytes (one tensor may exceed it);
+    one file is model.safetensors, several get model.safetensors.index.json."""
     from safetensors.numpy import save_file
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=path.name + ".partial-"))
     shard: dict[str, np.ndarray] = {}
     shard_bytes, files, weight_map = 0, [], {}
 
@@ -206,35 +210,21 @@ def save_hf_dir(cfg: ModelConfig, params: dict[str, Any], path: Path, tokenizer=
         nonlocal shard, shard_bytes
         if shard:
             name = f"model-{len(files) + 1:05d}.safetensors"
-            save_file(shard, staging / name, metadata={"format": "pt"})
+            save_file(shard, directory / name, metadata={"format": "pt"})
             files.append(name)
             weight_map.update({k: name for k in shard})
             shard, shard_bytes = {}, 0
 
-    for name, value in params_to_hf(cfg, params):
+    for name, value in tensors:
         if shard_bytes + value.nbytes > max_shard_bytes:
             flush()
         shard[name] = np.ascontiguousarray(value)
         shard_bytes += value.nbytes
     flush()
     if len(files) == 1:
-        os.replace(staging / files[0], staging / "model.safetensors")
-    else:
-        total = sum((staging / f).stat().st_size for f in files)
-        _atomic_write_text(staging / "model.safetensors.index.json",
-                           json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
-    _atomic_write_text(staging / "config.json", json.dumps(cfg.to_hf_config(), indent=2))
-    _atomic_write_text(staging / "generation_config.json", json.dumps(
-        {"bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id}, indent=2))
-    if tokenizer is not None:
-        from longrope_jax.tokenizer import save_tokenizer_files
-        save_tokenizer_files(tokenizer, staging, cfg)
-    if path.exists():
-        backup = path.with_name(path.name + ".old")
-        os.replace(path, backup)
-        os.replace(staging, path)
-        import shutil
-        shutil.rmtree(backup)
-    else:
-        os.replace(staging, path)
-    return path
+        os.replace(directory / files[0], directory / "model.safetensors")
+        return ["model.safetensors"]
+    total = sum((directory / f).stat().st_size for f in files)
+    write_text_atomic(directory / "model.safetensors.index.json",
+                      json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    return files

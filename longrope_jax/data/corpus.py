@@ -24,6 +24,7 @@ from pathlib import Path
 
 from longrope_jax.cache import cache_dir as _default_cache_dir
 from longrope_jax.errors import AssetError
+from longrope_jax.io import write_text_atomic
 
 __all__ = ["AUSTEN_TITLES", "CORPUS_DIR_ENV", "austen_novels", "kjv_bible"]
 
@@ -55,21 +56,6 @@ def _resolve_dir(cache_dir: Path | None) -> Path:
     path = Path(cache_dir).expanduser()
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write via a temp file in the same directory + os.replace, so readers never see a torn file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        # mkstemp creates 0600; a cache shared between users (or CI and a developer) must be readable.
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess[bytes]:
@@ -181,7 +167,7 @@ def austen_novels(cache_dir: Path | None = None) -> dict[str, str]:
     hint = f"put the novels as <title>.txt files in {austen_dir} (or in ${CORPUS_DIR_ENV}) or set LONGROPE_JAX_CACHE"
     novels = _austen_from_debian(hint)
     for title, text in novels.items():
-        _write_atomic(paths[title], text)
+        write_text_atomic(paths[title], text)
     return novels
 
 
@@ -240,5 +226,5 @@ def kjv_bible(cache_dir: Path | None = None) -> str:
         return path.read_text(encoding="utf-8")
     hint = f"put the text as {path} (or ${CORPUS_DIR_ENV}/{_KJV_FILE}) or set LONGROPE_JAX_CACHE"
     text = _kjv_from_debian(hint)
-    _write_atomic(path, text)
+    write_text_atomic(path, text)
     return text

@@ -6,14 +6,13 @@ BOS handling is explicit everywhere: `add_bos=True` puts exactly one BOS first a
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from typing import Mapping, Sequence
 
 import numpy as np
 
 from longrope_jax.cache import cache_dir
 from longrope_jax.errors import ConfigError, DataError
+from longrope_jax.io import atomic_file
 
 # Named splits of the demo corpus. The search never sees "held_out"; fine-tuning only sees "train".
 DEMO_SPLITS: dict[str, tuple[str, ...]] = {
@@ -53,10 +52,8 @@ def tokenize_texts(texts: Mapping[str, str], tokenizer, use_cache: bool = True) 
             continue
         ids = np.asarray(tokenizer.encode(text).ids, np.int32)
         if use_cache:
-            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy")
-            with os.fdopen(fd, "wb") as handle:
+            with atomic_file(path, binary=True) as handle:
                 np.save(handle, ids)
-            os.replace(tmp, path)
         out[name] = ids
     return out
 
