@@ -16,7 +16,6 @@ Variants:
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -96,7 +95,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for row in rows:
         row["speedup_vs_one_at_a_time"] = reference / max(row["seconds_per_generation"], 1e-9)
     print(f"SmolLM2-135M, {len(generation)} candidates × {args.documents} documents of {args.length} tokens")
-    print(f"| variant | vmapped | s/generation | s/candidate | doc evals | saved by racing | cache hits | speed-up |")
+    print("| variant | vmapped | s/generation | s/candidate | doc evals | saved by racing | cache hits | speed-up |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['variant']} | {r['vmap_width']} | {r['seconds_per_generation']:.1f} | "

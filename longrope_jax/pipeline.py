@@ -111,10 +111,9 @@ class Pipeline:
 
     @staticmethod
     def _model_dir_bundle(model_dir: str, model_section: Any):
-        from longrope_jax.loading import MODEL_OVERRIDES, load_model
+        from longrope_jax.loading import load_model, model_overrides
         from longrope_jax.tokenizer import load_tokenizer
-        overrides = {k: model_section[k] for k in MODEL_OVERRIDES if k in model_section}
-        model, cfg = load_model(model_dir, **overrides)
+        model, cfg = load_model(model_dir, **model_overrides(model_section))
         return model, cfg, load_tokenizer(model_dir)
 
     def _search_config(self, **search) -> Any:
@@ -130,7 +129,7 @@ class Pipeline:
         p, outputs = self.config.pipeline, {}
         first, final = int(p.first_target), int(p.final_target)
         base_model, base_cfg, _ = self._base_bundle()
-        original = base_cfg.rope.original_max_position_embeddings or base_cfg.rope.max_position_embeddings
+        original = base_cfg.rope.original_length
         long_factors = None  # path of the current long rope_scaling.json
         if "search_long" in self.enabled:
             out = self._run_stage("search_long", {}, lambda d: {"rope_scaling": str(d / "rope_scaling.json"),
@@ -202,7 +201,7 @@ def _export(bundle, long_path: str, short_path: str | None, final: int, out: Pat
     long = read_factors(long_path)
     short = read_factors(short_path)["long_factor"] if short_path else None
     base = cfg.rope
-    original = base.original_max_position_embeddings or base.max_position_embeddings
+    original = base.original_length
     if base.rope_type == "longrope":  # a fine-tuned model directory already carries λ1
         base = base.replace(rope_type="default", short_factor=None, long_factor=None, n_hat=0,
                             original_max_position_embeddings=None, max_position_embeddings=original)
@@ -223,13 +222,12 @@ def _report(config, base_bundle, export: dict, manifest: dict, out: Path) -> dic
     from longrope_jax.eval import methods as rope_methods
     from longrope_jax.eval import plots
     from longrope_jax.eval.perplexity import PerplexityEvaluator
-    from longrope_jax.eval.runner import as_list
-    from longrope_jax.loading import load_model
+    from longrope_jax.settings import as_list
+    from longrope_jax.loading import load_model, model_overrides
     from longrope_jax.rope import equivalent_factors
 
     model, cfg, tokenizer = base_bundle
-    result_model, result_cfg = load_model(export["orbax_dir"], attention=config.model.attention,
-                                          block_q=config.model.block_q, block_kv=config.model.block_kv)
+    result_model, result_cfg = load_model(export["orbax_dir"], **model_overrides(config.model))
     docs = load_token_documents(text_source(config.data, config.eval.split), tokenizer)
     table: dict[str, dict[int, float]] = {}
     for length in [int(v) for v in as_list(config.eval.lengths)]:

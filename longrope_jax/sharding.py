@@ -32,6 +32,18 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
 )
 
 
+def mesh_sizes(value: str | Sequence[int], field: str = "mesh") -> tuple[int, int, int, int]:
+    """'data,fsdp,tensor,context' (or a sequence of four) -> four positive ints; one clear error otherwise."""
+    parts = value.split(",") if isinstance(value, str) else list(value)
+    try:
+        sizes = tuple(int(x) for x in parts)
+    except (TypeError, ValueError):
+        sizes = ()
+    if len(sizes) != 4 or min(sizes) < 1:
+        raise ConfigError(f"{field}={value!r}: give four positive sizes data,fsdp,tensor,context, e.g. 1,8,1,8")
+    return sizes  # type: ignore[return-value]
+
+
 def make_mesh(data: int = 1, fsdp: int = 1, tensor: int = 1, context: int = 1,
               devices: Sequence[jax.Device] | None = None) -> Mesh:
     """A (data, fsdp, tensor, context) mesh over the first data·fsdp·tensor·context devices."""

@@ -18,7 +18,7 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     """
     path = Path(path)
     if path.is_file() and path.suffix == ".gguf":
-        from longrope_jax.convert.gguf import gguf_tokenizer
+        from longrope_jax.convert.gguf_tokenizer import gguf_tokenizer
         return gguf_tokenizer(path)
     candidate = path / "tokenizer.json"
     if path.is_dir() and candidate.exists():

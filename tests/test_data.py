@@ -37,6 +37,11 @@ def test_local_files_txt_jsonl_array_record(tmp_path):
     assert list(docs) == ["a", "b:0", "b:2", "c:0", "c:1"] and len(docs["a"]) == len("first document")
     with pytest.raises(DataError, match="no files match"):
         local_text_source(str(tmp_path / "*.none"))
+    (tmp_path / "other").mkdir()  # the same file stem in two folders: both documents kept, told apart
+    (tmp_path / "other" / "a.txt").write_text("another a")
+    twins = load_token_documents(local_text_source([str(tmp_path / "a.txt"), str(tmp_path / "other" / "a.txt")]),
+                                 CharTokenizer())
+    assert list(twins) == ["a", "a #2"] and len(twins["a #2"]) == len("another a")
     (tmp_path / "d.jsonl").write_text(json.dumps({"body": "x"}))
     with pytest.raises(DataError, match="no field 'text'"):
         local_text_source(str(tmp_path / "d.jsonl"))

@@ -153,6 +153,21 @@ def test_evaluation_errors():
         run_evaluation(tiny_config(lengths=(10_000_000,)), "/tmp/never-written-2")
 
 
+def test_bad_factor_files_name_the_file_and_the_problem(tmp_path):
+    cases = {"broken.json": ('{"long_factor": [1.0,', "cannot be parsed"),
+             "list.json": ("[1.0, 2.0]", "has no 'long_factor'"),
+             "words.csv": ("1.0\nfast\n", "cannot be parsed"),
+             "nan.csv": ("1.0\nnan\n2.0\n2.0\n", "NaN or inf"),
+             "falling.json": ('{"long_factor": [1.0, 3.0, 2.0, 4.0]}', "not monotone"),
+             "short.json": ('{"long_factor": [1.0, 2.0, 3.0, 4.0], "short_factor": [1, 1]}', "short_factor")}
+    for name, (text, problem) in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ConfigError, match=rf"factor file {tmp_path / name}.*{problem}"):
+            rope_methods.read_factors(tmp_path / name, half_dim=4)
+    (tmp_path / "good.csv").write_text("1.0\n1.5\n2.0\n2.0\n")
+    assert rope_methods.read_factors(tmp_path / "good.csv", half_dim=4) == {"long_factor": [1.0, 1.5, 2.0, 2.0]}
+
+
 def test_cli_overrides_and_clear_errors(tmp_path):
     def evaluate(*args):
         return subprocess.run([sys.executable, "-m", "experiments.evaluate", "--config", "configs/tiny.py",
@@ -215,3 +230,44 @@ def test_evaluate_passkey_resumes_mid_cell(tmp_path, monkeypatch):
     assert len(calls) == 2  # only the two trials the killed run had not finished
     assert resumed["passkey_records"]["none"]["320"] == records
     assert resumed["passkey"] == full["passkey"]
+
+
+def test_evaluate_runs_the_needle_grid_resumably(tmp_path, monkeypatch):
+    # eval.needle_lengths × eval.needle_depths per passkey method: a heatmap each, every cell saved as it ends.
+    from longrope_jax.eval import passkey
+
+    config = tiny_config(lengths=(64,), methods=("none",), passkey_methods=("none", "yarn"),
+                         needle_lengths=(320, 400), needle_depths=(0.2, 0.8), needle_trials=1)
+    full = run_evaluation(config, tmp_path / "a")
+    for method in ("none", "yarn"):
+        entry = full["needle"][method]
+        assert entry["lengths"] == [320, 400] and entry["depths"] == [0.2, 0.8]
+        assert all(value in (0.0, 1.0) for row in entry["accuracy"] for value in row)  # 1 trial per cell
+        assert (tmp_path / "a" / f"needle_{method}.png").read_bytes()[:4] == b"\x89PNG"
+    calls = []
+    real_generate = passkey.generate
+
+    def killed_in_sixth_cell(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 6:
+            raise KeyboardInterrupt("killed")
+        return real_generate(*args, **kwargs)
+
+    monkeypatch.setattr(passkey, "generate", killed_in_sixth_cell)
+    with pytest.raises(KeyboardInterrupt):
+        run_evaluation(config, tmp_path / "b")
+    assert read_json(tmp_path / "b" / "results.json")["needle"]["yarn"]["accuracy"][0][1] is None
+    calls.clear()
+    monkeypatch.setattr(passkey, "generate", lambda *a, **k: calls.append(1) or real_generate(*a, **k))
+    assert run_evaluation(config, tmp_path / "b")["needle"] == full["needle"]
+    assert len(calls) == 3  # cells 6, 7 and 8 of 8
+    config.eval.needle_depths = (0.5,)
+    with pytest.raises(ConfigError, match="needle grid for none with other lengths"):
+        run_evaluation(config, tmp_path / "b")
+    config.eval.needle_depths = (0.5, 1.5)
+    with pytest.raises(ConfigError, match="needle_depths"):  # before any perplexity is computed
+        run_evaluation(config, tmp_path / "c")
+    config.eval.needle_depths, config.eval.passkey_methods = (0.5,), ("none", "longrope")
+    with pytest.raises(ConfigError, match="needs a factor file"):
+        run_evaluation(config, tmp_path / "c")
+    assert not (tmp_path / "c" / "results.json").exists()

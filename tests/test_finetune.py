@@ -138,6 +138,22 @@ def test_memory_and_mixing_rules():
         train_data.StreamWindows(np.zeros(10, np.int32), 64)
 
 
+def test_bad_settings_fail_with_one_clear_error(tmp_path):
+    config = tiny()
+    model, cfg, _ = load_from_config(config.model)
+    spec = method_spec(cfg.rope, "yarn", 128)
+    for change, problem in (({"checkpoint_every": 0}, "finetune.checkpoint_every=0"),
+                            ({"mesh": (1, 1, 1)}, "finetune.mesh=.*four positive sizes"),
+                            ({"mesh": (1, 1, 1, 1, 1)}, "finetune.mesh=.*four positive sizes"),
+                            ({"mesh": (1, 0, 1, 1)}, "finetune.mesh=.*four positive sizes")):
+        with pytest.raises(ConfigError, match=problem):
+            Trainer(model, cfg, tiny(**change).finetune, tmp_path / "never", spec)
+    for field in ("block_q", "block_kv", "loss_chunk", "num_kv_heads"):
+        with pytest.raises(ConfigError, match=f"model {field}=0 must be a positive integer"):
+            cfg.replace(**{field: 0})
+    assert not (tmp_path / "never").exists()
+
+
 def test_relative_workdir_checkpoints(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # `--workdir runs/x` as users type it: Orbax itself only takes absolute paths
     assert len(first_losses((1, 1, 1, 1), steps=1, workdir="runs/relative")) == 1

@@ -92,3 +92,8 @@ def test_cli_prints_table(capsys, tmp_path):
         cli_main(["--preset", "smollm2_135m", "--seq-len", "8192", "--mesh", "1,8"])
     assert exit_info.value.code == 1
     assert "--mesh" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # argparse: one usage line naming the choices, exit 2
+        cli_main(["--preset", "smollm2_135m", "--seq-len", "8192", "--param-dtype", "fp8"])
+    assert exit_info.value.code == 2 and "invalid choice: 'fp8'" in capsys.readouterr().err
+    for remat in ("none", "full", "save_attention", "dots_saveable", "nothing_saveable"):  # every model policy
+        assert plan_memory(PRESETS["smollm2_135m"], 8192, (1, 1, 1, 1), remat=remat)["total_bytes"] > 0

@@ -214,6 +214,23 @@ def test_cached_generation_equals_full_forward():
     np.testing.assert_array_equal(logits.argmax(-1)[0, 4:], out[0, 5:])
 
 
+def test_temperature_sampling_equals_sampling_the_full_forward_logits():
+    model = init_model(tiny_config(num_layers=3), seed=1)
+    prompt, key, temperature = jnp.asarray([[1, 5, 9, 2, 7]]), jax.random.key(3), 0.8
+    out = np.asarray(generate(model, prompt, 6, temperature=temperature, rng=key))
+    rope = rope_inputs(model.cfg.rope, 11)
+    sequence = np.asarray(prompt)
+    for step_key in jax.random.split(key, 6):  # generate's key schedule: one key per new token
+        logits = model(jnp.asarray(sequence), rope=rope)[:, -1]
+        token = np.asarray(jax.random.categorical(step_key, logits / temperature, axis=-1))
+        sequence = np.concatenate([sequence, token[:, None]], axis=1)
+    np.testing.assert_array_equal(out, sequence)
+    other = np.asarray(generate(model, prompt, 6, temperature=temperature, rng=jax.random.key(4)))
+    assert not np.array_equal(other, out)  # the key matters
+    greedy = np.asarray(generate(model, prompt, 6))
+    np.testing.assert_array_equal(np.asarray(generate(model, prompt, 6, temperature=1e-4, rng=key)), greedy)
+
+
 def test_generation_fixes_long_factors_from_total_length():
     """Prompt shorter than the original context, total longer: long factors from the first token on."""
     base = tiny_config().rope
@@ -281,3 +298,11 @@ def test_conversion_errors(tmp_path):
         longrope_jax.load_model(tmp_path / "nowhere")
     with pytest.raises(CheckpointError, match="longrope_model.json"):
         read_model_config(tmp_path)
+    from longrope_jax.checkpoint import save_model_dir
+    poisoned = dict(params)
+    weight = np.array(poisoned["layers/mlp/down_proj"], copy=True)
+    weight[1, 5, 7] = np.nan  # deep inside a stacked layer weight, not its first element
+    poisoned["layers/mlp/down_proj"] = weight
+    save_model_dir(cfg, poisoned, tmp_path / "nan")
+    with pytest.raises(CheckpointError, match="parameter layers/mlp/down_proj .* holds NaN/inf"):
+        longrope_jax.load_model(tmp_path / "nan")

@@ -10,8 +10,9 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from longrope_jax.errors import ConfigError
 from longrope_jax.eval import passkey
+from longrope_jax.eval.plots import plot_needle_heatmap
 from longrope_jax.eval.passkey import (FILLER, NEEDLE, QUESTION, TASK, needle_grid, parse_first_integer,
-                                       passkey_accuracy, passkey_prompt, plot_needle_heatmap, score_continuation)
+                                       passkey_accuracy, passkey_prompt, score_continuation)
 from longrope_jax.model.config import ModelConfig
 from longrope_jax.model.transformer import init_model
 from longrope_jax.rope import RopeSpec

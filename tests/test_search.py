@@ -218,6 +218,16 @@ def test_seeds_at_extra_scales_enter_the_initial_population(tmp_path):
     config.search.update(dict(seed_methods=("pi", "ntk", "yarn"), seed_scales=(1.0, 1.25, 1.5), population=8))
     with pytest.raises(ConfigError, match="do not fit in a population"):
         run_search(config, tmp_path / "crowded")
+    config.search.update(dict(seed_methods=("yarn",), seed_scales=(1.0,), verdict_documents=1,
+                              verdict_methods=("yarn", "rope9000")))
+    with pytest.raises(ConfigError, match="verdict_methods: 'rope9000' is not a baseline"):
+        run_search(config, tmp_path / "verdict")
+    assert not (tmp_path / "verdict" / "search_state.json").exists()
+    config.search.verdict_methods = ("yarn",)
+    (tmp_path / "lambda1.csv").write_text("1.0\n2.0\n2.0\n")  # a λ1 searched for another model
+    config.search.base_factors = str(tmp_path / "lambda1.csv")
+    with pytest.raises(ConfigError, match="has 3 long factors but this model needs 4"):
+        run_search(config, tmp_path / "progressive")
 
 
 def test_verdict_takes_baselines_measured_by_evaluate(tmp_path):

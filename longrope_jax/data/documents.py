@@ -26,13 +26,13 @@ def demo_texts(split: str | None = None) -> dict[str, str]:
     """Texts of the demo corpus (Austen's six novels + the KJV Bible), optionally one named split."""
     from longrope_jax.data.corpus import austen_novels, kjv_bible
 
+    if split is not None and split not in DEMO_SPLITS:  # before any download
+        raise ConfigError(f"unknown split {split!r}; the demo corpus has {sorted(DEMO_SPLITS)}")
     texts = dict(austen_novels())
     if split is None or "KJV Bible" in DEMO_SPLITS.get(split, ()):
         texts["KJV Bible"] = kjv_bible()
     if split is None:
         return texts
-    if split not in DEMO_SPLITS:
-        raise ConfigError(f"unknown split {split!r}; the demo corpus has {sorted(DEMO_SPLITS)}")
     return {name: texts[name] for name in DEMO_SPLITS[split]}
 
 

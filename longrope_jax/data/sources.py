@@ -18,7 +18,7 @@ from longrope_jax.errors import ConfigError, DataError
 
 
 class TextRecords(grain.sources.RandomAccessDataSource):
-    """In-memory or lazily read text documents behind grain's random-access interface."""
+    """In-memory text documents ({"name", "text"} records) behind grain's random-access interface."""
 
     def __init__(self, records: Sequence[dict[str, str]]):
         self._records = list(records)
@@ -127,7 +127,10 @@ def load_token_documents(source: grain.sources.RandomAccessDataSource, tokenizer
     if max_documents is not None:
         dataset = dataset[:max_documents]
     out: dict[str, np.ndarray] = {}
-    for record in dataset.map(lambda r: (r["name"], tokenize_texts({r["name"]: r["text"]}, tokenizer)[r["name"]])):
-        name, ids = record
-        out[name] = ids
+    for name, ids in dataset.map(lambda r: (r["name"], tokenize_texts({r["name"]: r["text"]}, tokenizer)[r["name"]])):
+        unique, copy = name, 1
+        while unique in out:  # two books with one title (pg19) or one file stem in two folders: keep both
+            copy += 1
+            unique = f"{name} #{copy}"
+        out[unique] = ids
     return out

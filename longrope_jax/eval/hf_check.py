@@ -24,7 +24,8 @@ def _hf_model(hf_dir: Path):
 
 def compare_with_transformers(hf_dir: str | Path, tokens: np.ndarray, lengths: Sequence[int],
                               logit_tokens: int = 256) -> dict:
-    """{"logits": {...}, "perplexity": {L: {"ours", "transformers", "relative_diff", "seconds"}}}.
+    """{"logits": {...}, "perplexity": {L: {"ours", "transformers", "relative_diff", "ours_seconds",
+    "transformers_seconds"}}}.
 
     tokens: int (N,) one document with at least max(lengths) tokens; each length L scores its first L tokens.
     """

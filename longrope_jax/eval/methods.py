@@ -18,30 +18,45 @@ from pathlib import Path
 import numpy as np
 
 from longrope_jax.errors import ConfigError
-from longrope_jax.rope import RopeSpec, from_hf_config, longrope_spec
+from longrope_jax.rope import RopeSpec, longrope_spec, validate_factors
 
 METHODS = ("none", "pi", "ntk", "dynamic", "yarn", "longrope", "phi3")
 
 
 def original_length(spec: RopeSpec) -> int:
     """The pre-training context of a model whose own spec is `spec`."""
-    return spec.original_max_position_embeddings or spec.max_position_embeddings
+    return spec.original_length
 
 
-def read_factors(path: str | Path) -> dict:
+def read_factors(path: str | Path, half_dim: int | None = None) -> dict:
     """A LongRoPE factor file: JSON (a rope_scaling block, {"long_factor": ...}, or a whole config.json) or CSV
-    with one factor per line (the reference format). Returns a dict with at least "long_factor"."""
+    with one factor per line (the reference format). Returns a dict with at least "long_factor"; with `half_dim`,
+    the factors are also checked for that model (length d/2, finite, >= 1, monotone)."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"factor file {path} does not exist; pass a rope_scaling.json or factors CSV from a search")
-    if path.suffix == ".csv":
-        with path.open() as handle:
-            values = [float(row[0]) for row in csv.reader(handle) if row and row[0].strip()]
-        return {"long_factor": values}
-    data = json.loads(path.read_text())
-    data = data.get("rope_scaling") or data
-    if "long_factor" not in data:
+    try:
+        if path.suffix == ".csv":
+            with path.open() as handle:
+                data = {"long_factor": [float(row[0]) for row in csv.reader(handle) if row and row[0].strip()]}
+        else:
+            data = json.loads(path.read_text())
+            data = data.get("rope_scaling") or data if isinstance(data, dict) else data
+    except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError; so is float("x")
+        raise ConfigError(f"factor file {path} cannot be parsed ({err}); expected a rope_scaling JSON or a CSV "
+                          f"with one number per line") from err
+    if not isinstance(data, dict) or "long_factor" not in data:
         raise ConfigError(f"factor file {path} has no 'long_factor'; expected a HF rope_scaling block or CSV")
+    if half_dim is not None:
+        if len(data["long_factor"]) != half_dim:
+            raise ConfigError(f"factor file {path} has {len(data['long_factor'])} long factors but this model needs "
+                              f"{half_dim} (head_dim/2); it was searched for another model")
+        for field in ("long_factor", "short_factor"):
+            if data.get(field) is not None:
+                try:
+                    validate_factors(data[field], field, half_dim)
+                except ValueError as err:
+                    raise ConfigError(f"factor file {path}: {err}") from err
     return data
 
 
@@ -62,10 +77,7 @@ def method_spec(base: RopeSpec, method: str, target_length: int, factors_path: s
     if method == "longrope":
         if factors_path is None:
             raise ConfigError("method 'longrope' needs a factor file (eval.factors=path/to/rope_scaling.json)")
-        data = read_factors(factors_path)
-        if len(data["long_factor"]) != base.half_dim:
-            raise ConfigError(f"factor file {factors_path} has {len(data['long_factor'])} long factors but this "
-                              f"model needs {base.half_dim} (head_dim/2); it was searched for another model")
+        data = read_factors(factors_path, base.half_dim)
         extra = {k: data[k] for k in ("attention_factor", "n_hat", "critical_dim") if data.get(k) is not None}
         if n_hat is not None:
             extra["n_hat"] = n_hat
@@ -76,11 +88,6 @@ def method_spec(base: RopeSpec, method: str, target_length: int, factors_path: s
             raise ConfigError("method 'phi3' needs a model whose own config has longrope short/long factors")
         return base
     raise ConfigError(f"unknown rope method {method!r}; use one of {', '.join(METHODS)}")
-
-
-def spec_from_config_file(path: str | Path) -> RopeSpec:
-    """The rope spec of a HF config.json (for evaluating a converted model's own factors)."""
-    return from_hf_config(json.loads(Path(path).read_text()))
 
 
 def method_factors_table(base: RopeSpec, target_length: int, methods=("pi", "ntk", "yarn")) -> dict[str, np.ndarray]:

@@ -13,13 +13,11 @@ answer is the first integer in the decoded continuation.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Callable, Sequence
 
 import jax.numpy as jnp
 import numpy as np
 
-from longrope_jax.io import save_figure_atomic
 from tokenizers import Tokenizer
 
 from longrope_jax.errors import ConfigError, DataError
@@ -182,48 +180,30 @@ def passkey_accuracy(model: Transformer, tokenizer: Tokenizer, spec: RopeSpec | 
 def needle_grid(model: Transformer, tokenizer: Tokenizer, spec: RopeSpec | Callable[[int], RopeSpec] | None,
                 lengths: Sequence[int], depths: Sequence[float], trials_per_cell: int, seed: int,
                 max_new_tokens: int = 8, add_bos: bool = False,
-                progress: Callable[[], None] | None = None) -> np.ndarray:
+                progress: Callable[[], None] | None = None, done: np.ndarray | None = None,
+                on_cell: Callable[[np.ndarray], None] | None = None) -> np.ndarray:
     """Passkey accuracy float64 (len(lengths), len(depths)), one cell per (length, depth).
 
     `spec` may be a function of the length (e.g. `lambda n: method_spec(base, "pi", n)`), since most methods
     scale with their target. Each cell has its own seed derived from (seed, row, column), so cells are
-    independent and a cell's keys do not change when the grid grows.
+    independent and a cell's keys do not change when the grid grows. `done`: a grid from an interrupted run,
+    NaN where a cell is still to do; `on_cell(grid)` is called after every finished cell (to save it).
     """
-    grid = np.zeros((len(lengths), len(depths)))
+    grid = np.full((len(lengths), len(depths)), np.nan) if done is None else np.array(done, np.float64)
+    if grid.shape != (len(lengths), len(depths)):
+        raise ConfigError(f"a saved needle grid of shape {grid.shape} does not fit {len(lengths)} lengths × "
+                          f"{len(depths)} depths; delete it (results.json needle) to run the grid again")
     for i, length in enumerate(lengths):
         cell_spec = spec(length) if callable(spec) else spec
         for j, depth in enumerate(depths):
+            if not np.isnan(grid[i, j]):
+                continue
             cell_seed = int(np.random.default_rng([seed, i, j]).integers(2**31))
             result = passkey_accuracy(model, tokenizer, cell_spec, length, trials_per_cell, cell_seed,
                                       max_new_tokens, depths=[depth], add_bos=add_bos)
             grid[i, j] = result["accuracy"]
+            if on_cell is not None:
+                on_cell(grid)
             if progress is not None:
                 progress()
     return grid
-
-
-def plot_needle_heatmap(grid: np.ndarray, lengths: Sequence[int], depths: Sequence[float], path: str | Path,
-                        title: str = "Passkey retrieval accuracy") -> Path:
-    """Write the (lengths × depths) accuracy grid as a PNG heatmap at `path`, atomically; returns the path."""
-    # Figure + FigureCanvasAgg instead of pyplot: no global backend switch, no figure registry to leak into.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    grid = np.asarray(grid, np.float64)
-    if grid.shape != (len(lengths), len(depths)):
-        raise ValueError(f"grid shape {grid.shape} does not match {len(lengths)} lengths × {len(depths)} depths")
-    fig = Figure(figsize=(1.2 + 0.8 * len(depths), 1.2 + 0.5 * len(lengths)))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    image = ax.imshow(grid, cmap="RdYlGn", vmin=0.0, vmax=1.0, aspect="auto", origin="lower")
-    ax.set_xticks(range(len(depths)), [f"{d:.0%}" for d in depths])
-    ax.set_yticks(range(len(lengths)), [str(n) for n in lengths])
-    ax.set_xlabel("needle depth")
-    ax.set_ylabel("prompt length (tokens)")
-    ax.set_title(title)
-    for i in range(len(lengths)):
-        for j in range(len(depths)):
-            ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=8)
-    fig.colorbar(image, ax=ax, label="accuracy")
-    fig.tight_layout()
-    return save_figure_atomic(fig, path)

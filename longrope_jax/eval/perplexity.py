@@ -14,7 +14,7 @@ candidate (3x the activations through the same caches).
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -58,7 +58,7 @@ def resolve_vmap_width(vmap_width: int | str | None) -> int | None:
     return int(text) or None
 
 
-def map_candidates(fn, shared, xs, vmap_width: int | None):
+def map_candidates(fn: Callable[[Any, Any], Any], shared: Any, xs: Any, vmap_width: int | None) -> Any:
     """fn(shared, x) over the leading (candidate) axis of the pytree xs: `vmap_width` at a time, all when None.
 
     `shared` (the model state) goes to every call unbatched: through vmap as an unmapped argument and through the

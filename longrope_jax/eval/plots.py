@@ -77,3 +77,24 @@ def plot_losses(records, path: str | Path, title: str = "") -> Path:
         points = [(r["step"], r["loss"]) for r in records if r.get("kind", "train") == kind]
         series[f"{kind} batches"] = ([p[0] for p in points], [p[1] for p in points])
     return _lines(series, path, "step", "training loss (NLL per token)", title or "Fine-tuning loss", marker=".")
+
+
+def plot_needle_heatmap(grid: np.ndarray, lengths: Sequence[int], depths: Sequence[float], path: str | Path,
+                        title: str = "Passkey retrieval accuracy") -> Path:
+    """Write the (lengths × depths) accuracy grid as a PNG heatmap at `path`, atomically; returns the path."""
+    grid = np.asarray(grid, np.float64)
+    if grid.shape != (len(lengths), len(depths)):
+        raise ValueError(f"grid shape {grid.shape} does not match {len(lengths)} lengths × {len(depths)} depths")
+    fig, ax = plt.subplots(figsize=(1.2 + 0.8 * len(depths), 1.2 + 0.5 * len(lengths)))
+    image = ax.imshow(grid, cmap="RdYlGn", vmin=0.0, vmax=1.0, aspect="auto", origin="lower")
+    ax.set_xticks(range(len(depths)), [f"{d:.0%}" for d in depths])
+    ax.set_yticks(range(len(lengths)), [str(n) for n in lengths])
+    ax.set_xlabel("needle depth")
+    ax.set_ylabel("prompt length (tokens)")
+    ax.set_title(title)
+    for i in range(len(lengths)):
+        for j in range(len(depths)):
+            ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=8)
+    fig.colorbar(image, ax=ax, label="accuracy")
+    fig.tight_layout()
+    return save_figure_atomic(fig, path)

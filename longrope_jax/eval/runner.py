@@ -23,20 +23,10 @@ from longrope_jax.model.context import context_parallel
 from longrope_jax.sharding import make_mesh
 from longrope_jax.io import read_json, write_json_atomic
 from longrope_jax.loading import load_from_config
-from longrope_jax.model.config import without_speed_settings
+from longrope_jax.settings import as_list, model_record
 from longrope_jax.rope import equivalent_factors
 
 RESULTS = "results.json"
-
-
-def as_list(value: Any) -> list:
-    """A config list field; `--config.x=a,b` arrives as ("a,b",) or "a,b" for string fields, so split on commas."""
-    items = [value] if isinstance(value, (str, int, float)) else list(value)
-    out = []
-    for item in items:
-        out.extend(part.strip() for part in item.split(",") if part.strip()) if isinstance(item, str) \
-            else out.append(item)
-    return out
 
 
 def _methods(eval_cfg: Any) -> list[str]:
@@ -47,12 +37,6 @@ def _methods(eval_cfg: Any) -> list[str]:
     if eval_cfg.factors and "longrope" not in names:
         names.append("longrope")
     return names
-
-
-def model_record(config: Any) -> dict:
-    """Every model setting (path, dtype, attention, ...), stored beside the results so others can tell whether
-    they were measured on the same model (`search.verdict_results`)."""
-    return without_speed_settings(json.loads(json.dumps(config.model.to_dict())))
 
 
 def _fingerprint(config: Any) -> dict:
@@ -95,12 +79,13 @@ def run_evaluation(config: Any, workdir: str | Path) -> dict:
                for length in lengths}
     specs = {(m, length): rope_methods.method_spec(cfg.rope, m, length, eval_cfg.factors or None)
              for m in names for length in lengths}
+    _check_retrieval_settings(eval_cfg, cfg)
     results["documents"] = {str(length): batches[length][1] for length in lengths}
     results["model"] = model_record(config)
     per_batch = max(1, int(eval_cfg.candidates_per_batch))
     todo = [(length, d, names[i:i + per_batch]) for length in lengths for d in range(eval_cfg.documents)
             for i in range(0, len(names), per_batch)]
-    with tqdm(total=len(todo) * per_batch, desc="perplexity", unit="cand·doc") as bar:
+    with tqdm(total=sum(len(group) for *_, group in todo), desc="perplexity", unit="cand·doc") as bar:
         for length, d, group in todo:
             key = str(length)
             done = results["nll"].setdefault(key, {})
@@ -119,6 +104,8 @@ def run_evaluation(config: Any, workdir: str | Path) -> dict:
     _summarise(results, names)
     if eval_cfg.passkey_lengths:
         _run_passkey(config, results, workdir, model, cfg, tokenizer)
+    if eval_cfg.get("needle_lengths"):
+        _run_needle_grid(config, results, workdir, model, cfg, tokenizer)
     write_json_atomic(workdir / RESULTS, results)
     _plot(results, workdir, cfg, eval_cfg, original, lengths)
     return results
@@ -160,6 +147,52 @@ def _run_passkey(config, results, workdir, model, cfg, tokenizer) -> None:
                                    on_trial=save, progress=bar.update)
         results["passkey"].setdefault(m, {})[str(length)] = outcome["accuracy"]
         write_json_atomic(workdir / RESULTS, results)
+    bar.close()
+
+
+def _check_retrieval_settings(eval_cfg: Any, cfg) -> None:
+    """Passkey / needle-grid settings fail here, before the perplexity runs, not hours later."""
+    lengths = [int(n) for n in [*as_list(eval_cfg.passkey_lengths), *as_list(eval_cfg.get("needle_lengths", ()))]]
+    for m in as_list(eval_cfg.passkey_methods) if lengths else []:
+        if m not in rope_methods.METHODS:
+            raise ConfigError(f"unknown method {m!r} in eval.passkey_methods; use {', '.join(rope_methods.METHODS)}")
+        for length in lengths:
+            rope_methods.method_spec(cfg.rope, m, length, eval_cfg.factors or None)
+    if eval_cfg.get("needle_lengths") and not all(0.0 <= float(d) <= 1.0 for d in as_list(eval_cfg.needle_depths)):
+        raise ConfigError(f"eval.needle_depths={eval_cfg.needle_depths}: depths are fractions of the prompt, 0 to 1")
+
+
+def _run_needle_grid(config, results, workdir, model, cfg, tokenizer) -> None:
+    """Passkey accuracy per (length, depth) for each passkey method: results["needle"] + needle_<method>.png.
+    Every finished cell is saved, so a killed run resumes at the next cell."""
+    from longrope_jax.eval.passkey import needle_grid
+
+    eval_cfg = config.eval
+    lengths = [int(n) for n in as_list(eval_cfg.needle_lengths)]
+    depths = [float(d) for d in as_list(eval_cfg.needle_depths)]
+    methods = as_list(eval_cfg.passkey_methods)
+    store = results.setdefault("needle", {})
+    bar = tqdm(total=len(methods) * len(lengths) * len(depths), desc="needle grid", unit="cell")
+    for m in methods:
+        entry = store.setdefault(m, {"lengths": lengths, "depths": depths, "trials": int(eval_cfg.needle_trials),
+                                     "accuracy": [[None] * len(depths) for _ in lengths]})
+        if (entry["lengths"], entry["depths"], entry["trials"]) != (lengths, depths, int(eval_cfg.needle_trials)):
+            raise ConfigError(f"{workdir / RESULTS} holds a needle grid for {m} with other lengths/depths/trials; "
+                              f"use a new --workdir or delete its 'needle' entry")
+        done = np.array([[np.nan if v is None else v for v in row] for row in entry["accuracy"]], np.float64)
+        bar.update(int(np.sum(~np.isnan(done))))
+        bar.set_postfix(method=m)
+
+        def save(grid, entry=entry):
+            entry["accuracy"] = [[None if np.isnan(v) else float(v) for v in row] for row in grid]
+            write_json_atomic(workdir / RESULTS, results)
+
+        grid = needle_grid(model, tokenizer, lambda n, m=m: rope_methods.method_spec(cfg.rope, m, n,
+                                                                                    eval_cfg.factors or None),
+                           lengths, depths, int(eval_cfg.needle_trials), int(eval_cfg.seed),
+                           add_bos=bool(config.data.add_bos), progress=bar.update, done=done, on_cell=save)
+        plots.plot_needle_heatmap(grid, lengths, depths, workdir / f"needle_{m}.png",
+                                  title=f"Passkey retrieval accuracy by depth ({m})")
     bar.close()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import operator
 from typing import Any, Mapping
 
 import jax.numpy as jnp
@@ -61,6 +62,14 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
             raise ConfigError(f"unsupported architecture {self.architecture!r}; supported: {sorted(ARCHITECTURES)}")
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads",
+                     "head_dim", "block_q", "block_kv", "loss_chunk"):
+            try:
+                positive = operator.index(getattr(self, name)) >= 1  # int or numpy int (GGUF metadata), not 2.5
+            except TypeError:
+                positive = False
+            if not positive:
+                raise ConfigError(f"model {name}={getattr(self, name)!r} must be a positive integer")
         if self.num_heads % self.num_kv_heads:
             raise ConfigError(f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}")
         if self.attention not in ATTENTION_IMPLS:

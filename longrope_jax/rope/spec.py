@@ -15,7 +15,8 @@ import numpy as np
 
 # "ntk" (static NTK-aware: θ' = θ·s^(d/(d-2))) has no HF type of its own; it exports as "default" with θ'.
 ROPE_TYPES = ("default", "linear", "ntk", "dynamic", "yarn", "llama3", "longrope")
-# Old names HF still reads: Phi-3's first 128k release said "su" (and briefly "yarn" with short/long factors).
+# Other names of longrope: Phi-3's first 128k release said "su" (and briefly "yarn" with short/long factors), which
+# HF still reads; "longrope2" is LongRoPE2's name for the same formula (its factors differ, not the rotation).
 ROPE_TYPE_ALIASES = {"su": "longrope", "longrope2": "longrope"}
 MSCALE_POLICIES = ("su", "yarn", "constant")
 
@@ -110,6 +111,11 @@ class RopeSpec:
     @property
     def rotary_dim(self) -> int:
         return int(self.head_dim * self.partial_rotary_factor)
+
+    @property
+    def original_length(self) -> int:
+        """The pre-training context: original_max_position_embeddings when set, else max_position_embeddings."""
+        return self.original_max_position_embeddings or self.max_position_embeddings
 
     @property
     def half_dim(self) -> int:
@@ -269,7 +275,8 @@ def from_hf_config(config: Mapping[str, Any], require_monotone: bool = True) -> 
         rope_type = "longrope"
     rope_type = ROPE_TYPE_ALIASES.get(rope_type, rope_type)
     if rope_type not in ROPE_TYPES or rope_type == "ntk":
-        raise ValueError(f"unknown rope type {rope_type!r} in rope_scaling; supported: {', '.join(ROPE_TYPES)} "
+        supported = ", ".join(t for t in ROPE_TYPES if t != "ntk")  # static NTK exports as "default" with θ'
+        raise ValueError(f"unknown rope type {rope_type!r} in rope_scaling; supported: {supported} "
                          f"(aliases {ROPE_TYPE_ALIASES}); convert the config or add the type to longrope_jax.rope")
     max_pos = int(config["max_position_embeddings"])
     # As in HF's standardize_rope_params, a top-level original_max_position_embeddings (Phi-3) wins.
@@ -306,7 +313,7 @@ def from_hf_config(config: Mapping[str, Any], require_monotone: bool = True) -> 
 def longrope_spec(base: RopeSpec, long_factor: Sequence[float], short_factor: Sequence[float] | None = None,
                   max_position_embeddings: int | None = None, **changes: Any) -> RopeSpec:
     """A longrope spec for the same model as `base` (any type): short factors default to all ones."""
-    original = base.original_max_position_embeddings or base.max_position_embeddings
+    original = base.original_length
     if base.rope_type in ("default", "linear", "dynamic"):
         original = base.max_position_embeddings
     short = [1.0] * base.half_dim if short_factor is None else short_factor

@@ -23,7 +23,7 @@ from longrope_jax.data.sources import load_token_documents, text_source
 from longrope_jax.eval import methods as rope_methods
 from longrope_jax.eval import plots
 from longrope_jax.eval.perplexity import PerplexityEvaluator
-from longrope_jax.eval.runner import as_list
+from longrope_jax.settings import as_list
 from longrope_jax.io import write_json_atomic, write_text_atomic
 from longrope_jax.loading import load_from_config
 from longrope_jax.model.config import config_to_dict
@@ -96,7 +96,8 @@ def run_search(config: Any, workdir: str | Path, model_bundle=None) -> dict:
     base_factors = np.ones(base.half_dim)
     base_length = original
     if search_cfg.base_factors:
-        base_factors = np.asarray(rope_methods.read_factors(search_cfg.base_factors)["long_factor"], np.float64)
+        base_factors = np.asarray(rope_methods.read_factors(search_cfg.base_factors, base.half_dim)["long_factor"],
+                                  np.float64)
         base_length = int(search_cfg.base_length or original)
     scale = target / base_length
     space = space_from_config(search_cfg, base.half_dim, max(scale, 1.0), base.rotary_dim, base.theta, original)
@@ -129,8 +130,12 @@ def run_search(config: Any, workdir: str | Path, model_bundle=None) -> dict:
     if len(seeds) > int(search_cfg.population):
         raise ConfigError(f"{len(seeds)} seeds (search.seed_methods × search.seed_scales) do not fit in a population "
                           f"of {search_cfg.population}; raise search.population or use fewer seeds")
-    # Check a verdict_results file before hours of search, not after.
+    # Check the verdict's settings (methods, verdict_results file) before hours of search, not after.
     baselines, held_out = {}, None
+    for method in as_list(search_cfg.verdict_methods) if search_cfg.verdict_documents else []:
+        if method in ("longrope", "phi3") or method not in rope_methods.METHODS:
+            raise ConfigError(f"search.verdict_methods: {method!r} is not a baseline; use some of none, pi, ntk, "
+                              f"dynamic, yarn (the searched factors are always compared)")
     if search_cfg.verdict_documents:
         held_out = _held_out(config, cfg, tokenizer, target)  # tokenised once: the checks below and the verdict
     if search_cfg.verdict_documents and search_cfg.verdict_results:
@@ -213,7 +218,8 @@ def _measured_baselines(config, results_path: str, target: int, names: list[str]
     """{method: perplexity} from an `experiments.evaluate` results.json (or its workdir) made with the same model
     settings, data config and held-out documents at `target` (at 32k each baseline is minutes of CPU); a file
     that does not match is an error, never silently mixed in."""
-    from longrope_jax.eval.runner import RESULTS, model_record
+    from longrope_jax.eval.runner import RESULTS
+    from longrope_jax.settings import model_record
     from longrope_jax.model.config import without_speed_settings
     from longrope_jax.io import read_json
     path = Path(results_path)

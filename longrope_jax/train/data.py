@@ -45,7 +45,7 @@ class StreamWindows(grain.sources.RandomAccessDataSource):
 
 
 def batch_iterator(stream: np.ndarray, seq_len: int, global_batch: int, seed: int,
-                   process_index: int | None = None, process_count: int | None = None):
+                   process_index: int | None = None, process_count: int | None = None) -> grain.DatasetIterator:
     """A checkpointable grain iterator of int32 batches (global_batch / process_count, seq_len + 1)."""
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count

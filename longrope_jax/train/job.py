@@ -16,12 +16,14 @@ from longrope_jax.eval import plots
 from longrope_jax.distributed import is_primary
 from longrope_jax.io import write_json_atomic
 from longrope_jax.loading import load_from_config
+from longrope_jax.model.config import ModelConfig
 from longrope_jax.model.state import flatten
+from longrope_jax.rope import RopeSpec
 from longrope_jax.train import data as train_data
 from longrope_jax.train.trainer import Trainer, check_memory, read_metrics
 
 
-def long_rope_spec(model_cfg, finetune_cfg: Any):
+def long_rope_spec(model_cfg: ModelConfig, finetune_cfg: Any) -> RopeSpec:
     """The rescaled RoPE of long batches: finetune.factors (a rope_scaling.json) or a method at seq_len."""
     method = "longrope" if finetune_cfg.factors else finetune_cfg.rope_method
     target = int(finetune_cfg.target_length or finetune_cfg.seq_len)

@@ -28,7 +28,7 @@ from longrope_jax.model.context import context_parallel
 from longrope_jax.model.loss import sequence_nll
 from longrope_jax.model.state import merge_params, split_params, unflatten
 from longrope_jax.rope import RopeInputs, RopeSpec, rope_inputs
-from longrope_jax.sharding import make_mesh, param_shardings
+from longrope_jax.sharding import make_mesh, mesh_sizes, param_shardings
 from longrope_jax.train import data as train_data
 
 REFERENCE_ATTENTION_BYTES = 2 << 30  # beyond this an L×L score matrix is an OOM waiting to happen
@@ -67,7 +67,9 @@ class Trainer:
                  context_impl: str = "ring"):
         # Absolute: Orbax refuses relative checkpoint paths (`--workdir runs/x` is what users type).
         self.cfg, self.model_cfg, self.workdir = train_cfg, model_cfg, Path(workdir).absolute()
-        self.mesh = make_mesh(*[int(v) for v in train_cfg.mesh])
+        if int(train_cfg.checkpoint_every) < 1:
+            raise ConfigError(f"finetune.checkpoint_every={train_cfg.checkpoint_every}: save every N >= 1 steps")
+        self.mesh = make_mesh(*mesh_sizes(train_cfg.mesh, "finetune.mesh"))
         # A context axis > 1 splits every sequence over its devices (ring attention, load-balanced).
         self.context = context_parallel(self.mesh, context_impl)
         self.graphdef, self.template, params = split_params(model)
@@ -84,7 +86,7 @@ class Trainer:
             lambda x: jax.device_put(x, replicated if x.ndim == 0 or not isinstance(x.sharding, NamedSharding)
                                      else x.sharding), opt_state)
         self.batch_sharding = NamedSharding(self.mesh, PartitionSpec(("data", "fsdp"), None))
-        original = long_spec.original_max_position_embeddings or model_cfg.rope.max_position_embeddings
+        original = model_cfg.rope.original_length  # short batches: the model's own RoPE at its own length
         self.ropes = {"long": rope_inputs(long_spec, int(train_cfg.seq_len)),
                       "short": rope_inputs(model_cfg.rope, min(int(train_cfg.short_seq_len), original))}
         self.long_spec = long_spec
