@@ -9,8 +9,7 @@ Public API (stable, used by external scripts):
 
 from longrope_jax.rope.apply import (RopeInputs, apply_rope, longrope_inputs, rope_cos_sin, rope_inputs,
                                      rotate_half, select_layer)
-from longrope_jax.rope.factors import (critical_dimension, expand_critical_dim, is_valid_factor_vector,
-                                       method_factors)
+from longrope_jax.rope.factors import critical_dimension, expand_critical_dim, method_factors
 from longrope_jax.rope.frequencies import (attention_scale, default_inv_freq, equivalent_factors, frequencies,
                                            ntk_aware_theta, uses_long_factors, yarn_mscale)
 from longrope_jax.rope.spec import ROPE_TYPES, RopeSpec, from_hf_config, longrope_spec, validate_factors
@@ -18,7 +17,7 @@ from longrope_jax.rope.spec import ROPE_TYPES, RopeSpec, from_hf_config, longrop
 __all__ = [
     "ROPE_TYPES", "RopeInputs", "RopeSpec", "apply_rope", "attention_scale", "critical_dimension",
     "default_inv_freq", "equivalent_factors", "expand_critical_dim", "frequencies", "from_hf_config",
-    "is_valid_factor_vector", "longrope_inputs", "longrope_spec", "method_factors", "ntk_aware_theta",
+    "longrope_inputs", "longrope_spec", "method_factors", "ntk_aware_theta",
     "rope_cos_sin", "rope_inputs", "rotate_half", "select_layer", "uses_long_factors", "validate_factors",
     "yarn_mscale",
 ]

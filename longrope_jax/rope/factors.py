@@ -60,13 +60,3 @@ def expand_critical_dim(upper_factors: jax.Array, critical_dim: int) -> jax.Arra
     exponents = jnp.arange(critical_dim, dtype=jnp.float32) / critical_dim
     lower = jnp.power(lambda_cd, exponents)
     return jnp.concatenate([lower, upper_factors], axis=-1)
-
-
-def is_valid_factor_vector(factors: np.ndarray, lower: float = 1.0, upper: float = np.inf,
-                           require_monotone: bool = True) -> bool:
-    """True when every λ is finite, within [lower, upper] and (optionally) monotone non-decreasing."""
-    factors = np.asarray(factors, dtype=np.float64)
-    ok = bool(np.all(np.isfinite(factors)) and np.all(factors >= lower - 1e-12) and np.all(factors <= upper + 1e-12))
-    if require_monotone:
-        ok = ok and bool(np.all(np.diff(factors, axis=-1) >= -1e-12))
-    return ok

@@ -104,8 +104,7 @@ class SearchSpace:
                         and np.all(np.diff(lam) >= -eps))
         cd = self.critical_dim
         upper = lam[cd:]
-        expected_lower = upper[0] ** (np.arange(cd) / cd)
-        return bool(np.allclose(lam[:cd], expected_lower, rtol=1e-9)
+        return bool(np.allclose(lam[:cd], _ramp_below(upper[0], cd), rtol=1e-9)
                     and np.allclose(upper, self.quantize(upper), atol=1e-9)
                     and upper.min() >= self.quantize(self.scale) - eps and upper.max() <= self.upper + eps
                     and np.all(np.diff(upper) > self.grid / 2) and upper[-1] - upper[-2] <= 4.0 + eps)
@@ -144,8 +143,12 @@ class SearchSpace:
         if count >= 2 and out[-1] - out[-2] > 4.0:
             out[-1] = out[-2] + 4.0
         out = self.quantize(out)
-        lower = out[0] ** (np.arange(cd) / cd)
-        return Candidate(tuple(np.concatenate([lower, out])), n_hat)
+        return Candidate(tuple(np.concatenate([_ramp_below(out[0], cd), out])), n_hat)
+
+
+def _ramp_below(lambda_cd: float, critical_dim: int) -> np.ndarray:
+    """LongRoPE2's λ_i = λ_cd^(i/cd) for the pairs below cd, in float64 (`rope.expand_critical_dim` in jnp)."""
+    return lambda_cd ** (np.arange(critical_dim) / critical_dim)
 
 
 def space_from_config(search_cfg: Any, half_dim: int, scale: float, rotary_dim: int, theta: float,
