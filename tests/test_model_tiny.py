@@ -14,7 +14,7 @@ import longrope_jax
 from longrope_jax.checkpoint import read_model_config, restore_params, save_model_dir
 from longrope_jax.convert.hf import iter_safetensors, load_hf_dir, save_hf_dir
 from longrope_jax.errors import CheckpointError, ConfigError
-from longrope_jax.model import attention as attention_module
+from longrope_jax.model import blocked as blocked_module
 from longrope_jax.model.attention import blockwise_attention, reference_attention
 from longrope_jax.model.config import ModelConfig
 from longrope_jax.model.generate import generate
@@ -90,7 +90,7 @@ def test_tiny_phi3_longrope_short_and_long(tmp_path):
                          [(128, 32, 32, 384), (128, 32, 32, 24), (100, 16, 48, 16), (37, 64, 8, 384)])
 def test_blockwise_equals_reference(window, length, block_q, block_kv, backward_rows, monkeypatch):
     # backward_rows < G·block_q makes the flash backward cut each query block's rows into several tiles.
-    monkeypatch.setattr(attention_module, "_BACKWARD_ROWS", backward_rows)
+    monkeypatch.setattr(blocked_module, "BACKWARD_ROWS", backward_rows)
     rng = np.random.default_rng(length)
     q = jnp.asarray(rng.standard_normal((2, length, 6, 16)), jnp.float32)
     k = jnp.asarray(rng.standard_normal((2, length, 2, 16)), jnp.float32)

@@ -15,7 +15,6 @@ other than `axis` are automatic inside the shard_map, so the partitioner keeps w
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -23,9 +22,9 @@ import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 
 from longrope_jax.errors import ConfigError
-from longrope_jax.model.attention import NEG_INF, _allowed, _group, _pad_to, blockwise_attention
-
-_BIG = jnp.iinfo(jnp.int32).max // 2  # padded queries sit at -_BIG (attend nowhere), padded keys at +_BIG
+from longrope_jax.model.attention import blockwise_attention
+from longrope_jax.model.blocked import (backward_tiles, blocked_layout, finish, fold, initial_state, kv_unblock,
+                                       q_layout, q_unblock, tile_branches)
 
 
 def load_balance_order(length: int, num_shards: int) -> np.ndarray:
@@ -48,131 +47,19 @@ def load_balance_inverse(length: int, num_shards: int) -> np.ndarray:
     return np.argsort(load_balance_order(length, num_shards))
 
 
-# ---------------------------------------------------------------------------------------------- block layouts
-class _Blocks(NamedTuple):
-    """Heads-major blocked layout so every block product is a batched matmul over (B, KV)."""
-
-    x: jax.Array    # queries (nq, B, KV, G·bq, D) or keys/values (nk, B, KV, bk, D)
-    pos: jax.Array  # (n, B, G·bq) query positions, row r of G·bq is query r % bq; or (n, B, bk) key positions
-
-
-def _split(x: jax.Array, size: int) -> jax.Array:  # (B, n·size, ...) -> (n, B, size, ...)
-    return jnp.moveaxis(x.reshape(x.shape[0], x.shape[1] // size, size, *x.shape[2:]), 1, 0)
-
-
-def _q_blocks(x: jax.Array, num_kv: int, block: int) -> jax.Array:
-    """(B, L, H, D) (L a multiple of block) -> (nq, B, KV, G·bq, D)."""
-    g = _split(_group(x, num_kv), block)  # (nq, B, bq, KV, G, D)
-    n, b, bq, kv, grp, d = g.shape
-    return jnp.transpose(g, (0, 1, 3, 4, 2, 5)).reshape(n, b, kv, grp * bq, d)
-
-
-def _q_unblock(x: jax.Array, block: int) -> jax.Array:
-    """Inverse of `_q_blocks`: (nq, B, KV, G·bq, D) -> (B, nq·bq, H, D)."""
-    n, b, kv, rows, d = x.shape
-    x = jnp.transpose(x.reshape(n, b, kv, rows // block, block, d), (1, 0, 4, 2, 3, 5))
-    return x.reshape(b, n * block, kv * (rows // block), d)
-
-
-def _kv_unblock(x: jax.Array) -> jax.Array:  # (nk, B, KV, bk, D) -> (B, nk·bk, KV, D)
-    n, b, kv, bk, d = x.shape
-    return jnp.transpose(x, (1, 0, 3, 2, 4)).reshape(b, n * bk, kv, d)
-
-
-def _skip(qpos: jax.Array, kpos: jax.Array, window: int | None) -> jax.Array:
-    """True when no (query, key) pair is allowed: keys all in the future, or all outside the window.
-
-    Depends on positions only, so it stays a cheap scalar predicate for `lax.cond`.
-    """
-    skip = jnp.min(kpos) > jnp.max(qpos)
-    if window is not None:
-        q_min = jnp.min(jnp.where(qpos > -_BIG, qpos, _BIG))
-        k_max = jnp.max(jnp.where(kpos < _BIG, kpos, -_BIG))
-        skip |= k_max <= q_min - window
-    return skip
-
-
-def _scores(qb, qpos, kb, kpos, window, scale):
-    """Masked float32 scores (B, KV, G·bq, bk) and the mask (B, 1, G·bq, bk)."""
-    s = jnp.einsum("bkqd,bksd->bkqs", qb, kb, preferred_element_type=jnp.float32) * scale
-    mask = _allowed(qpos, kpos, window)[:, None]
-    return jnp.where(mask, s, NEG_INF), mask
-
-
-# ------------------------------------------------------------------------------------------- forward / backward
-def _forward_block(state, q: _Blocks, kv: tuple[jax.Array, jax.Array, jax.Array], window, scale):
-    """Folds one device-sized K/V shard into the online-softmax state (m, l, acc) of every local query block."""
-    kb, vb, kpos = kv
-
-    def one_q_block(args):
-        qb, qpos, m, l, acc = args
-
-        def step(carry, blk):
-            k1, v1, kp1 = blk
-
-            def update(c):
-                m, l, acc = c
-                s, mask = _scores(qb, qpos, k1, kp1, window, scale)
-                m_new = jnp.maximum(m, jnp.max(s, axis=-1))
-                p = jnp.where(mask, jnp.exp(s - m_new[..., None]), 0.0)
-                corr = jnp.exp(m - m_new)
-                pv = jnp.einsum("bkqs,bksd->bkqd", p.astype(v1.dtype), v1, preferred_element_type=jnp.float32)
-                return m_new, l * corr + jnp.sum(p, -1), acc * corr[..., None] + pv
-
-            return jax.lax.cond(_skip(qpos, kp1, window), lambda c: c, update, carry), None
-
-        return jax.lax.scan(step, (m, l, acc), (kb, vb, kpos))[0]
-
-    return jax.lax.map(one_q_block, (q.x, q.pos, *state))
-
-
-def _backward_block(dq, dkv, q: _Blocks, do, lse, delta, kv, window, scale):
-    """Adds one K/V shard's contribution to the local dQ and to the dK/dV accumulators travelling with it."""
-    kb, vb, kpos = kv
-
-    def one_q_block(dkv_all, xs):
-        qb, qpos, dob, lse_b, delta_b, dq_b = xs
-
-        def step(dq_b, blk):
-            k1, v1, kp1, dk1, dv1 = blk
-
-            def grads(c):
-                dq_b, dk1, dv1 = c
-                s, mask = _scores(qb, qpos, k1, kp1, window, scale)
-                p = jnp.where(mask, jnp.exp(s - lse_b[..., None]), 0.0)  # exact probabilities from the saved lse
-                dp = jnp.einsum("bkqd,bksd->bkqs", dob, v1, preferred_element_type=jnp.float32)
-                ds = (p * (dp - delta_b[..., None])).astype(qb.dtype)
-                dq_b += jnp.einsum("bkqs,bksd->bkqd", ds, k1, preferred_element_type=jnp.float32) * scale
-                dk1 += jnp.einsum("bkqs,bkqd->bksd", ds, qb, preferred_element_type=jnp.float32) * scale
-                dv1 += jnp.einsum("bkqs,bkqd->bksd", p.astype(dob.dtype), dob, preferred_element_type=jnp.float32)
-                return dq_b, dk1, dv1
-
-            dq_b, dk1, dv1 = jax.lax.cond(_skip(qpos, kp1, window), lambda c: c, grads, (dq_b, dk1, dv1))
-            return dq_b, (dk1, dv1)
-
-        dq_b, dkv_all = jax.lax.scan(step, dq_b, (kb, vb, kpos, *dkv_all))
-        return dkv_all, dq_b
-
-    dkv, dq = jax.lax.scan(one_q_block, dkv, (q.x, q.pos, do, lse, delta, dq))
-    return dq, dkv
-
-
 def _make_ring(axis: str, n: int, window: int | None, block_q: int, block_kv: int):
-    """The per-shard ring attention (inside shard_map) with its ring-pass custom VJP."""
+    """The per-shard ring attention (inside shard_map) with its ring-pass custom VJP; q arrives pre-scaled by 1/√D.
+
+    Each device keeps its query blocks and folds every K/V shard into their online softmax as it passes by,
+    through the blockwise kernel's own fold and flash backward (`blocked.fold`, `blocked.backward_tiles`).
+    """
     perm = [(j, (j + 1) % n) for j in range(n)]
     rotate = functools.partial(jax.lax.ppermute, axis_name=axis, perm=perm)
 
-    def layouts(q, k, v, qpos, kpos):
-        lq, lk, num_kv = q.shape[1], k.shape[1], k.shape[2]
-        bq, bk = min(block_q, lq), min(block_kv, lk)
-        qp = _pad_to(qpos.astype(jnp.int32), 1, bq, -_BIG)
-        qx = _q_blocks(_pad_to(q, 1, bq, 0), num_kv, bq)
-        group = q.shape[2] // num_kv
-        qb = _Blocks(qx, jnp.tile(_split(qp, bq), (1, 1, group)))
-        kp = _split(_pad_to(kpos.astype(jnp.int32), 1, bk, _BIG), bk)
-        kv = (jnp.swapaxes(_split(_pad_to(k, 1, bk, 0), bk), 2, 3),
-              jnp.swapaxes(_split(_pad_to(v, 1, bk, 0), bk), 2, 3), kp)
-        return qb, kv, bq
+    def layout(q, k, v, qpos, kpos):
+        bq, bk = min(block_q, q.shape[1]), min(block_kv, k.shape[1])
+        qb, qrows, kb, vb, kp = blocked_layout(q, k, v, qpos, kpos, bq, bk)
+        return qb, qrows, (kb, vb, kp), bq
 
     def ring_loop(body, carry, kv):
         """n-1 ring steps (K/V sent on before the compute that uses it, so transfer overlaps compute) + a last."""
@@ -183,41 +70,35 @@ def _make_ring(axis: str, n: int, window: int | None, block_q: int, block_kv: in
         kv, carry = jax.lax.fori_loop(0, n - 1, step, (kv, carry))
         return body(carry, kv)
 
+    def unless_all_skipped(branches, compute, carry):
+        # Whole-shard skip: a K/V shard entirely in the future of every local query costs nothing.
+        return jax.lax.cond(jnp.all(branches == 0), lambda c: c, compute, carry)
+
     def forward(q, k, v, qpos, kpos):
-        scale = q.shape[-1] ** -0.5
-        # Keep position-derived masks inside an enclosing layer scan (see attention._blocked_forward).
+        # Keep position-derived masks inside an enclosing layer scan (see blocked.fold).
         q, qpos, kpos = jax.lax.optimization_barrier((q, qpos, kpos))
-        qb, kv, bq = layouts(q, k, v, qpos, kpos)
-        rows = qb.x.shape[:-1]
-        state = (jnp.full(rows, NEG_INF, jnp.float32), jnp.zeros(rows, jnp.float32),
-                 jnp.zeros(qb.x.shape, jnp.float32))
+        qb, qrows, kv, bq = layout(q, k, v, qpos, kpos)
 
         def body(state, kv):
-            # Whole-shard skip: a K/V shard entirely in the future of every local query costs nothing.
-            return jax.lax.cond(_skip(qb.pos, kv[2], window), lambda s: s,
-                                lambda s: _forward_block(s, qb, kv, window, scale), state)
+            branches = tile_branches(qrows, kv[2], window)
+            return unless_all_skipped(branches, lambda s: fold(s, qb, *kv[:2], qrows, kv[2], branches, window),
+                                      state)
 
-        m, l, acc = ring_loop(body, state, kv)
-        out = acc / jnp.where(l == 0, 1.0, l)[..., None]
-        lse = jnp.where(l == 0, 0.0, m + jnp.log(jnp.where(l == 0, 1.0, l)))
-        out = _q_unblock(out, bq)[:, :q.shape[1]].astype(q.dtype)
-        return out, (q, k, v, qpos, kpos, out, lse)
+        out, lse = finish(ring_loop(body, initial_state(qb), kv))
+        return q_unblock(out, bq, q.shape[1]).astype(q.dtype), (q, k, v, qpos, kpos, out, lse)
 
-    def backward(res, dout):
+    def backward(res, d_out):
         q, k, v, qpos, kpos, out, lse = res
-        scale = q.shape[-1] ** -0.5
-        qb, kv, bq = layouts(q, k, v, qpos, kpos)
-        num_kv = k.shape[2]
-        do = _q_blocks(_pad_to(dout.astype(q.dtype), 1, bq, 0), num_kv, bq)
-        o = _q_blocks(_pad_to(out, 1, bq, 0), num_kv, bq)
-        delta = jnp.sum(do.astype(jnp.float32) * o.astype(jnp.float32), axis=-1)  # rowsum(dO ∘ O)
-        dq = jnp.zeros(qb.x.shape, jnp.float32)
-        dkv = (jnp.zeros(kv[0].shape, jnp.float32), jnp.zeros(kv[1].shape, jnp.float32))
+        qb, qrows, kv, bq = layout(q, k, v, qpos, kpos)
+        do = q_layout(d_out, qpos, k.shape[2], bq)[0]  # dO in the queries' blocking
 
         def body(carry, kv):
-            dq, dkv = carry
-            return jax.lax.cond(_skip(qb.pos, kv[2], window), lambda c: c,
-                                lambda c: _backward_block(*c, qb, do, lse, delta, kv, window, scale), (dq, dkv))
+            def add(c):
+                dq, (dk, dv) = c
+                ddq, ddk, ddv = backward_tiles(qb, *kv[:2], qrows, kv[2], branches, do, out, lse, window)
+                return dq + ddq, (dk + ddk, dv + ddv)
+            branches = tile_branches(qrows, kv[2], window)
+            return unless_all_skipped(branches, add, carry)
 
         def step(_, c):
             kv, dq, dkv = c
@@ -225,19 +106,25 @@ def _make_ring(axis: str, n: int, window: int | None, block_q: int, block_kv: in
             dq, dkv = body((dq, dkv), kv)
             return nxt, dq, rotate(dkv)  # the accumulators follow their K/V shard
 
-        kv, dq, dkv = jax.lax.fori_loop(0, n - 1, step, (kv, dq, dkv))
+        zeros = jnp.zeros(kv[0].shape, jnp.float32)
+        kv, dq, dkv = jax.lax.fori_loop(0, n - 1, step, (kv, jnp.zeros(qb.shape, jnp.float32), (zeros, zeros)))
         dq, dkv = body((dq, dkv), kv)
         dk, dv = rotate(dkv) if n > 1 else dkv  # one more hop brings each shard's dK/dV home
-        dq = _q_unblock(dq, bq)[:, :q.shape[1]].astype(q.dtype)
         lk = k.shape[1]
-        return (dq, _kv_unblock(dk)[:, :lk].astype(k.dtype), _kv_unblock(dv)[:, :lk].astype(v.dtype), None, None)
+        return (q_unblock(dq, bq, q.shape[1]).astype(q.dtype), kv_unblock(dk, lk).astype(k.dtype),
+                kv_unblock(dv, lk).astype(v.dtype), None, None)
 
     @jax.custom_vjp
     def ring(q, k, v, qpos, kpos):
         return forward(q, k, v, qpos, kpos)[0]
 
     ring.defvjp(forward, backward)
-    return ring
+
+    def scaled_ring(q, k, v, qpos, kpos):
+        scale = q.shape[-1] ** -0.5  # folded into q as in blockwise_attention (exact for D = 4^n)
+        return ring((q.astype(jnp.float32) * scale).astype(q.dtype), k, v, qpos, kpos)
+
+    return scaled_ring
 
 
 @functools.lru_cache(maxsize=64)
