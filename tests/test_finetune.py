@@ -82,8 +82,8 @@ def test_resume_onto_a_different_mesh(tmp_path):
     assert first.returncode == 0, first.stderr
     # Another mesh, and another kernel and tiling (speed-only settings, as when a CPU run resumes on a TPU).
     resumed = subprocess.run(finetune_command(tmp_path / "w", "--config.finetune.mesh=1,1,1,1",
-                                              "--config.model.attention=reference", "--config.model.block_q=64"), cwd=ROOT,
-                             capture_output=True, text=True, timeout=600)
+                                              "--config.model.attention=reference", "--config.model.block_q=64"),
+                             cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
     reference = subprocess.run(finetune_command(tmp_path / "ref"), cwd=ROOT, capture_output=True, text=True,
                                timeout=600)
@@ -91,8 +91,8 @@ def test_resume_onto_a_different_mesh(tmp_path):
     got = [r["loss"] for r in read_metrics(tmp_path / "w" / "metrics.jsonl")]
     want = [r["loss"] for r in read_metrics(tmp_path / "ref" / "metrics.jsonl")]
     np.testing.assert_allclose(got, want, atol=1e-5)  # fp32 sums reassociate across shards
-    changed = subprocess.run(finetune_command(tmp_path / "w", "--config.finetune.learning_rate=0.1"), cwd=ROOT, capture_output=True,
-                             text=True, timeout=600)
+    changed = subprocess.run(finetune_command(tmp_path / "w", "--config.finetune.learning_rate=0.1"), cwd=ROOT,
+                             capture_output=True, text=True, timeout=600)
     assert changed.returncode == 1 and "learning_rate" in changed.stderr and "different settings" in changed.stderr
     summary = json.loads((tmp_path / "w" / "summary.json").read_text())
     assert summary["steps"] == 14 and summary["last_loss"] < summary["first_loss"]

@@ -42,8 +42,8 @@ def _methods(eval_cfg: Any) -> list[str]:
 def _fingerprint(config: Any) -> dict:
     """What must not change between a run and its resumption (JSON-normalised: tuples become lists)."""
     return json.loads(json.dumps({"model": config.model.path, "dtype": config.model.dtype,
-                                  "data": config.data.to_dict(), "split": config.eval.split, "documents": config.eval.documents,
-                                  "factors": config.eval.factors}))
+                                  "data": config.data.to_dict(), "split": config.eval.split,
+                                  "documents": config.eval.documents, "factors": config.eval.factors}))
 
 
 def _load_results(workdir: Path, config: Any) -> dict:
@@ -200,7 +200,8 @@ def _plot(results, workdir, cfg, eval_cfg, original, lengths) -> None:
     table = {m: {int(k): v for k, v in by_len.items()} for m, by_len in results["perplexity"].items()}
     if table:
         plots.plot_perplexity_vs_length(table, workdir / "perplexity_vs_length.png", original,
-                                        title=f"Perplexity vs length ({', '.join(results['documents'][str(lengths[0])])})")
+                                        title=f"Perplexity vs length "
+                                              f"({', '.join(results['documents'][str(lengths[0])])})")
     target = max(lengths)
     factors = {m: equivalent_factors(rope_methods.method_spec(cfg.rope, m, target), target)
                for m in ("pi", "ntk", "yarn")}

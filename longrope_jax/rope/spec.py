@@ -155,7 +155,8 @@ class RopeSpec:
             raise ValueError(f"rope field 'mscale_policy' = {self.mscale_policy!r}; use one of {MSCALE_POLICIES}")
         if self.mscale_policy == "constant" and self.attention_factor is None:
             raise ValueError("rope field 'mscale_policy' is 'constant' but 'attention_factor' is missing; set it")
-        if self.attention_factor is not None and not (math.isfinite(self.attention_factor) and self.attention_factor > 0):
+        if self.attention_factor is not None and not (math.isfinite(self.attention_factor)
+                                                      and self.attention_factor > 0):
             raise ValueError(f"rope field 'attention_factor' = {self.attention_factor} must be a finite number > 0")
         needs_factor = self.rope_type in ("linear", "ntk", "dynamic", "yarn", "llama3")
         if needs_factor:
@@ -280,7 +281,8 @@ def from_hf_config(config: Mapping[str, Any], require_monotone: bool = True) -> 
                          f"(aliases {ROPE_TYPE_ALIASES}); convert the config or add the type to longrope_jax.rope")
     max_pos = int(config["max_position_embeddings"])
     # As in HF's standardize_rope_params, a top-level original_max_position_embeddings (Phi-3) wins.
-    original = _first(config, "original_max_position_embeddings", default=_first(block, "original_max_position_embeddings"))
+    original = _first(config, "original_max_position_embeddings",
+                      default=_first(block, "original_max_position_embeddings"))
     if rope_type not in ("yarn", "llama3", "longrope"):
         original = None
     if original is None and rope_type in ("yarn", "llama3", "longrope"):
