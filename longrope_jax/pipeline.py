@@ -242,7 +242,7 @@ def _report(config, base_bundle, export: dict, manifest: dict, out: Path) -> dic
         table.setdefault("longrope (result)", {})[length] = float(
             PerplexityEvaluator(result_model, vmap_width=vmap_width).perplexity(tokens, [result_cfg.rope])[0])
     out.mkdir(parents=True, exist_ok=True)
-    original = rope_methods.original_length(cfg.rope)
+    original = cfg.rope.original_length
     plots.plot_perplexity_vs_length(table, out / "perplexity_vs_length.png", original)
     final = result_cfg.rope.max_position_embeddings
     factors = {m: equivalent_factors(rope_methods.method_spec(cfg.rope, m, final), final) for m in ("pi", "yarn")}

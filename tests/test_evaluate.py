@@ -201,31 +201,36 @@ def test_evaluate_runs_passkey_and_plots_it(tmp_path):
     assert (tmp_path / "passkey" / "passkey.png").exists()
 
 
-def test_evaluate_passkey_resumes_mid_cell(tmp_path, monkeypatch):
-    # Every passkey trial is saved as it ends; a run killed inside a cell re-runs only the missing trials.
+def count_generate_calls(monkeypatch, kill_on: int | None = None) -> list:
+    """Counts passkey decodes (the returned list grows by one per call); `kill_on`: the call that raises
+    KeyboardInterrupt, as a kill mid-run would stop it."""
     from longrope_jax.eval import passkey
 
+    calls, real_generate = [], passkey.generate
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == kill_on:
+            raise KeyboardInterrupt("killed")
+        return real_generate(*args, **kwargs)
+
+    monkeypatch.setattr(passkey, "generate", counted)
+    return calls
+
+
+def test_evaluate_passkey_resumes_mid_cell(tmp_path, monkeypatch):
+    # Every passkey trial is saved as it ends; a run killed inside a cell re-runs only the missing trials.
     config = tiny_config(lengths=(64,), methods=("none",), passkey_lengths=(320,), passkey_methods=("none",),
                          passkey_trials=3)
     full = run_evaluation(config, tmp_path / "a")
     records = full["passkey_records"]["none"]["320"]
     assert len(records) == 3 and full["passkey"]["none"]["320"] == sum(r["correct"] for r in records) / 3
-    calls = []
-    real_generate = passkey.generate
-
-    def killed_on_second_trial(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt("killed")
-        return real_generate(*args, **kwargs)
-
-    monkeypatch.setattr(passkey, "generate", killed_on_second_trial)
+    count_generate_calls(monkeypatch, kill_on=2)
     with pytest.raises(KeyboardInterrupt):
         run_evaluation(config, tmp_path / "b")
     partial = read_json(tmp_path / "b" / "results.json")
     assert "none" not in partial["passkey"] and partial["passkey_records"]["none"]["320"] == records[:1]
-    calls.clear()
-    monkeypatch.setattr(passkey, "generate", lambda *a, **k: calls.append(1) or real_generate(*a, **k))
+    calls = count_generate_calls(monkeypatch)
     resumed = run_evaluation(config, tmp_path / "b")
     assert len(calls) == 2  # only the two trials the killed run had not finished
     assert resumed["passkey_records"]["none"]["320"] == records
@@ -234,8 +239,6 @@ def test_evaluate_passkey_resumes_mid_cell(tmp_path, monkeypatch):
 
 def test_evaluate_runs_the_needle_grid_resumably(tmp_path, monkeypatch):
     # eval.needle_lengths × eval.needle_depths per passkey method: a heatmap each, every cell saved as it ends.
-    from longrope_jax.eval import passkey
-
     config = tiny_config(lengths=(64,), methods=("none",), passkey_methods=("none", "yarn"),
                          needle_lengths=(320, 400), needle_depths=(0.2, 0.8), needle_trials=1)
     full = run_evaluation(config, tmp_path / "a")
@@ -244,21 +247,11 @@ def test_evaluate_runs_the_needle_grid_resumably(tmp_path, monkeypatch):
         assert entry["lengths"] == [320, 400] and entry["depths"] == [0.2, 0.8]
         assert all(value in (0.0, 1.0) for row in entry["accuracy"] for value in row)  # 1 trial per cell
         assert (tmp_path / "a" / f"needle_{method}.png").read_bytes()[:4] == b"\x89PNG"
-    calls = []
-    real_generate = passkey.generate
-
-    def killed_in_sixth_cell(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 6:
-            raise KeyboardInterrupt("killed")
-        return real_generate(*args, **kwargs)
-
-    monkeypatch.setattr(passkey, "generate", killed_in_sixth_cell)
+    count_generate_calls(monkeypatch, kill_on=6)  # inside the sixth cell of eight
     with pytest.raises(KeyboardInterrupt):
         run_evaluation(config, tmp_path / "b")
     assert read_json(tmp_path / "b" / "results.json")["needle"]["yarn"]["accuracy"][0][1] is None
-    calls.clear()
-    monkeypatch.setattr(passkey, "generate", lambda *a, **k: calls.append(1) or real_generate(*a, **k))
+    calls = count_generate_calls(monkeypatch)
     assert run_evaluation(config, tmp_path / "b")["needle"] == full["needle"]
     assert len(calls) == 3  # cells 6, 7 and 8 of 8
     config.eval.needle_depths = (0.5,)

@@ -198,7 +198,7 @@ def save_hf_dir(cfg: ModelConfig, params: dict[str, Any], path: Path, tokenizer=
     return Path(path)
 
 
-def _write_shards(tensors: Iterable[tuple[str, np.ndarray]], directory: Path, max_shard_bytes: int) -> list[str]:
+def _write_shards(tensors: Iterable[tuple[str, np.ndarray]], directory: Path, max_shard_bytes: int) -> None:
     """Streams (HF name, array) pairs into safetensors files of at most max_shard_bytes (one tensor may exceed it);
     one file is model.safetensors, several get model.safetensors.index.json."""
     from safetensors.numpy import save_file
@@ -223,8 +223,7 @@ def _write_shards(tensors: Iterable[tuple[str, np.ndarray]], directory: Path, ma
     flush()
     if len(files) == 1:
         os.replace(directory / files[0], directory / "model.safetensors")
-        return ["model.safetensors"]
+        return
     total = sum((directory / f).stat().st_size for f in files)
     write_text_atomic(directory / "model.safetensors.index.json",
                       json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
-    return files

@@ -23,11 +23,6 @@ from longrope_jax.rope import RopeSpec, longrope_spec, validate_factors
 METHODS = ("none", "pi", "ntk", "dynamic", "yarn", "longrope", "phi3")
 
 
-def original_length(spec: RopeSpec) -> int:
-    """The pre-training context of a model whose own spec is `spec`."""
-    return spec.original_length
-
-
 def read_factors(path: str | Path, half_dim: int | None = None) -> dict:
     """A LongRoPE factor file: JSON (a rope_scaling block, {"long_factor": ...}, or a whole config.json) or CSV
     with one factor per line (the reference format). Returns a dict with at least "long_factor"; with `half_dim`,
@@ -63,7 +58,7 @@ def read_factors(path: str | Path, half_dim: int | None = None) -> dict:
 def method_spec(base: RopeSpec, method: str, target_length: int, factors_path: str | Path | None = None,
                 n_hat: int | None = None) -> RopeSpec:
     """The RopeSpec a method uses to run the base model at `target_length` tokens."""
-    original = original_length(base)
+    original = base.original_length
     scale = max(target_length / original, 1.0)
     common = dict(head_dim=base.head_dim, theta=base.theta, partial_rotary_factor=base.partial_rotary_factor)
     if method == "none":

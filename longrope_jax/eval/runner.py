@@ -67,7 +67,7 @@ def run_evaluation(config: Any, workdir: str | Path) -> dict:
     results = _load_results(workdir, config)
     names = _methods(eval_cfg)
     model, cfg, tokenizer = load_from_config(config.model)
-    original = rope_methods.original_length(cfg.rope)
+    original = cfg.rope.original_length
     docs = load_token_documents(text_source(config.data, eval_cfg.split), tokenizer)
     # eval.context_parallel > 1 splits each document over that many devices (ring attention).
     context = context_parallel(make_mesh(context=int(eval_cfg.get("context_parallel", 1))),

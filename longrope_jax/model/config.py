@@ -22,10 +22,10 @@ SPEED_ONLY_MODEL_KEYS = ("vmap_width", "remat", "attention", "block_q", "block_k
                          "context_attention")
 
 
-
 def without_speed_settings(record: Mapping[str, Any]) -> dict[str, Any]:
     """A model record (config.model section or `config_to_dict`) without the `SPEED_ONLY_MODEL_KEYS`."""
     return {k: v for k, v in record.items() if k not in SPEED_ONLY_MODEL_KEYS}
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:

@@ -93,11 +93,12 @@ def _make_ring(axis: str, n: int, window: int | None, block_q: int, block_kv: in
         do = q_layout(d_out, qpos, k.shape[2], bq)[0]  # dO in the queries' blocking
 
         def body(carry, kv):
+            branches = tile_branches(qrows, kv[2], window)
+
             def add(c):
                 dq, (dk, dv) = c
                 ddq, ddk, ddv = backward_tiles(qb, *kv[:2], qrows, kv[2], branches, do, out, lse, window)
                 return dq + ddq, (dk + ddk, dv + ddv)
-            branches = tile_branches(qrows, kv[2], window)
             return unless_all_skipped(branches, add, carry)
 
         def step(_, c):

@@ -82,7 +82,7 @@ def run_search(config: Any, workdir: str | Path, model_bundle=None) -> dict:
     search_cfg.update(scaled_budget(config.search))
     model, cfg, tokenizer = model_bundle or load_from_config(config.model)
     base = cfg.rope
-    original = rope_methods.original_length(base)
+    original = base.original_length
     target = int(search_cfg.target_length)
     scale = target / original
     # The attention scale belongs to the final long context (Phi-3 rule: one scale for short and long factors).
@@ -182,7 +182,7 @@ def _write_outputs(config, workdir, cfg, best, best_ppl, state, mscale, target, 
                        title=f"Searched factors vs PI/NTK/YaRN at {target} tokens")
     history = state["history"]
     plots.plot_fitness(history, workdir / "fitness.png")
-    summary = {"target_length": target, "original_length": rope_methods.original_length(cfg.rope),
+    summary = {"target_length": target, "original_length": cfg.rope.original_length,
                "budget": scaled_budget(config.search), "space": config.search.space,
                "search_documents": used, "best_perplexity": best_ppl, "best_n_hat": best.n_hat,
                "attention_factor": mscale, "generations_done": state["generation"], "stats": state["stats"]}
