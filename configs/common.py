@@ -15,10 +15,13 @@ def base_config() -> ml_collections.ConfigDict:
         path="smollm2", dtype="float32", attention="auto", block_q=512, block_kv=512, loss_chunk=1024,
         remat="none", scan_layers=True, context_attention="ring", vmap_width="auto"))
     # data.source: "demo" (Austen + KJV, fetched from Debian), "files" (data.files globs) or "tfds" (e.g. pg19).
+    # Local files are split into train/search/held_out by a seeded 80/10/10 shuffle of their names (split_seed)
+    # unless data.split_names lists each split's documents; tfds uses its own splits by name.
     config.data = ml_collections.ConfigDict(dict(
         source="demo", files=(), text_key="text", tfds_name="pg19", tfds_split="test", tfds_data_dir="",
         name_key="short_book_title", add_bos=False, train_split="train", search_split="search",
-        held_out_split="held_out"))
+        held_out_split="held_out", split_seed=0,
+        split_names=ml_collections.ConfigDict(dict(train=(), search=(), held_out=()))))
     config.eval = ml_collections.ConfigDict(dict(
         lengths=(4096, 8192, 16384), methods=("none", "pi", "ntk", "dynamic", "yarn"), split="held_out",
         documents=1, factors="", candidates_per_batch=5, passkey_lengths=(), passkey_methods=("none", "yarn"),
@@ -27,7 +30,9 @@ def base_config() -> ml_collections.ConfigDict:
     from longrope_jax.search.space import N_HAT_CHOICES
 
     # Reference LongRoPE search: population 64, 40 generations, 16 mutants + 16 crossovers from the top 32.
-    # evo_scale multiplies population/generations/parents/mutants/crossovers for small budgets.
+    # evo_scale multiplies population/generations/parents/mutants/crossovers for small budgets. export_target
+    # (hf, gguf, longrope_jax) is what will serve the result: n̂ is searched only for longrope_jax, whose loader
+    # applies it (transformers and llama.cpp ignore it).
     config.search = ml_collections.ConfigDict(dict(
         target_length=16384, scale_target=0, space="dim_mono", population=64, generations=40, parents=32,
         mutants=16, crossovers=16, mutation_p=0.3, evo_scale=1.0, lower=1.0, upper=0.0, grid=0.01,
@@ -35,7 +40,7 @@ def base_config() -> ml_collections.ConfigDict:
         batch_size=4, racing=True, cache="", verdict_documents=1, base_factors="", base_length=0,
         fitness="perplexity", data_parallel=1, context_parallel=1,
         verdict_methods=("none", "pi", "ntk", "dynamic", "yarn"), seed_methods=("pi", "ntk", "yarn"),
-        seed_scales=(1.0,), verdict_results=""))
+        seed_scales=(1.0,), verdict_results="", export_target="hf"))
     # Fine-tuning (LongRoPE: e.g. 400 steps at 128k then 600 at 256k for Llama-2 7B). mesh = (data, fsdp, tensor,
     # context). long_ratio < 1 mixes short original-RoPE batches in (LongRoPE2 mixed context windows).
     config.finetune = ml_collections.ConfigDict(dict(

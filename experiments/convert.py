@@ -23,26 +23,24 @@ def main() -> None:
     parser.add_argument("--format", choices=("hf", "orbax"), required=True)
     parser.add_argument("--rope_scaling", help="JSON file with a HF rope_scaling block to install")
     parser.add_argument("--max_position_embeddings", type=int, help="context length to record with --rope_scaling")
+    parser.add_argument("--drop_n_hat", action="store_true",
+                        help="export factors searched with n_hat > 0 to hf without n_hat (which HF cannot apply)")
     args = parser.parse_args()
 
     from longrope_jax.checkpoint import save_model_dir
     from longrope_jax.convert.hf import save_hf_dir
-    from longrope_jax.errors import CheckpointError
-    from longrope_jax.eval.methods import read_factors
+    from longrope_jax.convert.rope_install import install_rope_scaling
+    from longrope_jax.errors import CheckpointError, ConfigError
     from longrope_jax.loading import load_params
-    from longrope_jax.rope import from_hf_config
     from longrope_jax.tokenizer import load_tokenizer
 
+    if args.max_position_embeddings is not None and args.max_position_embeddings < 1:
+        raise ConfigError(f"--max_position_embeddings={args.max_position_embeddings}: pass the extended context "
+                          f"length in tokens, e.g. 32768")
     cfg, params = load_params(args.src)
     if args.rope_scaling:
-        block = dict(read_factors(args.rope_scaling))  # a rope_scaling block, or a config.json holding one
-        if "rope_type" not in block and "type" not in block:  # a bare {"long_factor": ...} or a CSV of factors
-            block["rope_type"] = "longrope"
-        hf = cfg.to_hf_config()
-        hf["rope_scaling"] = block
-        hf.pop("original_max_position_embeddings", None)
-        hf["max_position_embeddings"] = args.max_position_embeddings or hf["max_position_embeddings"]
-        cfg = cfg.replace(rope=from_hf_config(hf))
+        cfg = install_rope_scaling(cfg, args.rope_scaling, args.format, args.max_position_embeddings,
+                                   args.drop_n_hat)
     try:
         tokenizer = load_tokenizer(args.src)
     except CheckpointError:

@@ -18,4 +18,12 @@ def run_main(main: Callable[[], int | None]) -> None:
     except (LongRopeError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
+    except OSError as err:  # a read-only workdir, a full disk: the path and the cause, not a traceback
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"error: {where}{err.strerror or err}; check that the path is writable and the disk has room, then "
+              f"rerun the same command to resume", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        sys.exit(130)
     sys.exit(code or 0)

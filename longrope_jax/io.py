@@ -66,10 +66,35 @@ def write_json_atomic(path: str | Path, data: Any) -> Path:
 
 
 def read_json(path: str | Path, default: Any = None) -> Any:
+    """The JSON in `path` (`default` when it does not exist); a corrupt file is an error that names it."""
+    from longrope_jax.errors import CheckpointError
+
     path = Path(path)
     if not path.exists():
         return default
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path} is corrupt ({err}); restore it from a backup or delete it (its run then "
+                              f"starts that part afresh)") from err
+
+
+def read_json_lines(path: str | Path) -> list[Any]:
+    """The records of a JSON-lines file; a torn last line (a run killed mid-write) is ignored."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    out = []
+    for i, line in enumerate(lines):
+        try:
+            out.append(json.loads(line))
+        except ValueError as err:
+            if i == len(lines) - 1:
+                break
+            from longrope_jax.errors import CheckpointError
+            raise CheckpointError(f"{path} line {i + 1} is corrupt ({err}); delete that line or the file") from err
+    return out
 
 
 def save_figure_atomic(figure, path: str | Path) -> Path:

@@ -89,3 +89,32 @@ def test_exports_replace_old_ones_whole_and_are_readable_by_others(tmp_path):
             np.testing.assert_array_equal(np.asarray(longrope_jax.load_model(out)[0](tokens)),
                                           np.asarray(loaded(tokens)))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["save_hf_dir", "save_model_dir"]
+
+
+def test_rope_scaling_forms_n_hat_and_context_length(tmp_path):
+    """A CSV or bare long_factor installs; n̂ > 0 is refused for hf unless dropped on purpose; bad lengths fail."""
+    cfg = ModelConfig(vocab_size=50, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
+                      num_kv_heads=2, head_dim=8, rope=RopeSpec(head_dim=8, max_position_embeddings=64))
+    save_hf_dir(cfg, model_params(init_model(cfg)), tmp_path / "src")
+    (tmp_path / "f.csv").write_text("1.0\n1.5\n2.0\n4.0\n")
+    (tmp_path / "bare.json").write_text(json.dumps({"long_factor": [1.0, 1.5, 2.0, 4.0]}))
+    for name in ("f.csv", "bare.json"):
+        result = convert("--src", str(tmp_path / "src"), "--dst", str(tmp_path / name), "--format", "hf",
+                         "--rope_scaling", str(tmp_path / name), "--max_position_embeddings", "256")
+        assert result.returncode == 0, result.stderr
+        block = json.loads((tmp_path / name / "config.json").read_text())["rope_scaling"]
+        assert block["short_factor"] == [1.0] * 4 and block["original_max_position_embeddings"] == 64
+    (tmp_path / "nhat.json").write_text(json.dumps({"long_factor": [1.0, 1.5, 2.0, 4.0], "n_hat": 8}))
+    args = ("--src", str(tmp_path / "src"), "--rope_scaling", str(tmp_path / "nhat.json"),
+            "--max_position_embeddings", "256")
+    result = convert(*args, "--dst", str(tmp_path / "refused"), "--format", "hf")
+    assert result.returncode == 1 and "n_hat=8" in result.stderr and "--drop_n_hat" in result.stderr
+    assert not (tmp_path / "refused").exists() and "Traceback" not in result.stderr
+    assert convert(*args, "--dst", str(tmp_path / "dropped"), "--format", "hf", "--drop_n_hat").returncode == 0
+    assert "n_hat" not in json.loads((tmp_path / "dropped" / "config.json").read_text())["rope_scaling"]
+    assert convert(*args, "--dst", str(tmp_path / "kept"), "--format", "orbax").returncode == 0
+    assert longrope_jax.load_model(tmp_path / "kept")[1].rope.n_hat == 8
+    for bad in ("0", "32"):
+        result = convert("--src", str(tmp_path / "src"), "--dst", str(tmp_path / "bad"), "--format", "hf",
+                         "--rope_scaling", str(tmp_path / "f.csv"), "--max_position_embeddings", bad)
+        assert result.returncode == 1 and result.stderr.startswith("error: --max_position_embeddings"), result.stderr

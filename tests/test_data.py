@@ -89,3 +89,37 @@ def test_demo_splits_are_disjoint_and_hold_out_emma():
     import ml_collections
     source = text_source(ml_collections.ConfigDict({"source": "demo"}), "held_out")
     assert len(source) == 1 and source[0]["text"].startswith("EMMA")
+
+
+def test_local_files_are_split_and_overlapping_splits_stop_a_search(tmp_path):
+    """data.source=files: a seeded split keeps held-out text out of the search; a search on held-out is refused."""
+    import ml_collections
+
+    from configs.common import base_config
+    from longrope_jax.data.sources import check_splits_apart, split_assignment, text_source
+    from longrope_jax.errors import ConfigError
+
+    for i in range(10):
+        (tmp_path / f"book{i}.txt").write_text(f"text of book {i} " * 50)
+    data = base_config().data
+    data.source, data.files = "files", (str(tmp_path / "*.txt"),)
+    splits = {s: sorted(r["name"] for r in text_source(data, s)) for s in ("train", "search", "held_out")}
+    assert [len(splits[s]) for s in ("train", "search", "held_out")] == [8, 1, 1]
+    assert sorted(sum(splits.values(), [])) == sorted(f"book{i}" for i in range(10))
+    assert splits == {s: sorted(v) for s, v in split_assignment([f"book{i}" for i in range(10)], 0).items()}
+    check_splits_apart(data, "search", "held_out")
+    with pytest.raises(ConfigError, match="both 'held_out'"):
+        check_splits_apart(data, "held_out", "held_out")
+    data.split_names = ml_collections.ConfigDict(dict(train=("book1",), search=("book2", "book3"),
+                                                      held_out=("book3",)))
+    with pytest.raises(ConfigError, match="book3"):
+        check_splits_apart(data, "search", "held_out")
+    data.split_names.held_out = ("book9",)
+    assert [r["name"] for r in text_source(data, "held_out")] == ["book9"]
+    data.split_names.held_out = ("nope",)
+    with pytest.raises(ConfigError, match="nope"):
+        text_source(data, "held_out")
+    single = base_config().data
+    single.source, single.files = "files", (str(tmp_path / "book0.txt"),)
+    with pytest.raises(ConfigError, match="at least 3"):
+        text_source(single, "search")

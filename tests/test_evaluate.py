@@ -264,3 +264,18 @@ def test_evaluate_runs_the_needle_grid_resumably(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="needs a factor file"):
         run_evaluation(config, tmp_path / "c")
     assert not (tmp_path / "c" / "results.json").exists()
+
+
+def test_overwritten_factor_file_is_scored_again(tmp_path):
+    """Resume keys on the factor values: a file rewritten in place gets new longrope scores, the rest stand."""
+    factors = tmp_path / "rope_scaling.json"
+    factors.write_text(json.dumps({"long_factor": [1.0, 1.0, 1.5, 2.0]}))
+    config = tiny_config()
+    config.eval.factors = str(factors)
+    first = run_evaluation(config, tmp_path / "w")
+    factors.write_text(json.dumps({"long_factor": [1.0, 2.0, 3.0, 4.0]}))
+    second = run_evaluation(config, tmp_path / "w")
+    fresh = run_evaluation(config, tmp_path / "fresh")
+    assert second["perplexity"]["longrope"] == fresh["perplexity"]["longrope"] != first["perplexity"]["longrope"]
+    assert second["perplexity"]["none"] == first["perplexity"]["none"]
+    assert all(len(v) == 1 for by in second["nll"].values() for v in by.values())

@@ -115,6 +115,35 @@ def test_cache_serves_a_second_run_without_any_evaluation(tmp_path):
     assert run_search(bf16, tmp_path / "bf16")["stats"]["cache_hits"] == 0
 
 
+def test_cache_never_serves_another_models_scores(tmp_path):
+    """Models that differ in a width or in one projection's values share no cached score and no search state."""
+    from longrope_jax.loading import load_from_config
+    from longrope_jax.search.fitness import model_identity
+
+    cache = str(tmp_path / "shared.sqlite")
+    narrow = tiny(cache=cache, verdict_documents=0)
+    first = run_search(narrow, tmp_path / "narrow")
+    assert first["stats"]["cache_hits"] == 0
+    wide = tiny(cache=cache, verdict_documents=0)
+    wide.model.tiny.intermediate_size = 96
+    assert run_search(wide, tmp_path / "wide")["stats"]["cache_hits"] == 0
+    model, cfg, tokenizer = load_from_config(narrow.model)
+    before = model_identity(model)
+    model.layers.mlp.down_proj[...] = model.layers.mlp.down_proj[...] * 0.0
+    assert model_identity(model) != before
+    zeroed = run_search(tiny(cache=cache, verdict_documents=0), tmp_path / "zeroed", model_bundle=(model, cfg,
+                                                                                                   tokenizer))
+    assert zeroed["stats"]["cache_hits"] == 0 and zeroed["best_perplexity"] != first["best_perplexity"]
+    # The same model again is served from the cache, and an old state file without a version is refused.
+    assert run_search(tiny(cache=cache, verdict_documents=0), tmp_path / "again")["stats"]["doc_evals"] == 0
+    state_file = tmp_path / "narrow" / "search_state.json"
+    state = json.loads(state_file.read_text())
+    state["fingerprint"].pop("version")
+    state_file.write_text(json.dumps(state))
+    with pytest.raises(ConfigError, match="another longrope-jax version"):
+        run_search(tiny(cache=cache, verdict_documents=0), tmp_path / "narrow")
+
+
 @pytest.mark.parametrize("vmap_width", [0, 3])
 def test_batched_scores_equal_one_candidate_at_a_time(tmp_path, vmap_width):
     # Batches of 4 vmapped all at once (accelerators) or 3 at a time (ragged) == batches of one candidate.
@@ -269,3 +298,67 @@ def test_verdict_takes_baselines_measured_by_evaluate(tmp_path):
     with pytest.raises(ConfigError, match="different split"):
         run_search(config, tmp_path / "bad")
     assert not (tmp_path / "bad" / "search_state.json").exists()  # refused up front, before any search
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("target_length", 0, "search.target_length=0 must be an integer of at least the model's native length 64"),
+    ("target_length", 32, "search.target_length=32"), ("population", 0, "search.population=0 must be an integer"),
+    ("generations", -3, "search.generations=-3"), ("batch_size", 0, "search.batch_size=0"),
+    ("grid", 0.0, "search.grid=0.0 must be a number >= 1e-06"), ("mutation_p", 1.5, "in [0.0, 1.0]")])
+def test_bad_search_settings_fail_before_anything_is_written(tmp_path, field, value, message):
+    config = tiny(cache=str(tmp_path / "c.sqlite"))
+    config.search[field] = value
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("[", r"\[")):
+        run_search(config, tmp_path / "w")
+    assert not (tmp_path / "w").exists() and not (tmp_path / "c.sqlite").exists()
+
+
+def test_progressive_stage_scores_what_it_exports(tmp_path):
+    """A second-stage search (λ2 on top of λ1, n̂ > 0) reports the perplexity of the exported λ2 ⊙ λ1 spec, whose
+    first n̂ positions use the model's own frequencies."""
+    from longrope_jax.data.documents import first_documents
+    from longrope_jax.data.sources import load_token_documents, text_source
+    from longrope_jax.eval.methods import method_spec
+    from longrope_jax.eval.perplexity import PerplexityEvaluator
+    from longrope_jax.loading import load_from_config
+
+    (tmp_path / "lambda1.csv").write_text("1.0\n1.5\n2.0\n2.0\n")
+    config = tiny(cache=str(tmp_path / "c.sqlite"), target_length=256, base_factors=str(tmp_path / "lambda1.csv"),
+                  base_length=128, n_hat_choices=(16,), windows=False, documents=2, verdict_documents=0,
+                  export_target="longrope_jax")
+    summary = run_search(config, tmp_path / "stage2")
+    assert summary["best_n_hat"] == 16
+    model, cfg, tokenizer = load_from_config(config.model)
+    docs = load_token_documents(text_source(config.data, config.data.search_split), tokenizer)
+    tokens, _ = first_documents(docs, 256, 2)
+    spec = method_spec(cfg.rope, "longrope", 256, tmp_path / "stage2" / "rope_scaling.json")
+    assert spec.n_hat == 16
+    served = PerplexityEvaluator(model).perplexity(tokens, [spec])[0]
+    assert served == pytest.approx(summary["best_perplexity"], rel=1e-5)
+
+
+def test_cli_interrupt_read_only_workdir_and_corrupt_state_give_one_line(tmp_path):
+    """Ctrl-C: one resume line and exit 130; a read-only workdir or a corrupt state file: one error line, exit 1."""
+    def search(workdir, *extra, **popen):
+        return subprocess.Popen([sys.executable, "-m", "experiments.search", "--config", "configs/tiny.py",
+                                 "--workdir", str(workdir), f"--config.search.cache={tmp_path / 'c.sqlite'}",
+                                 "--config.search.verdict_documents=0", *extra], cwd=ROOT, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
+
+    run = search(tmp_path / "w", "--config.search.generations=400")
+    deadline = time.time() + 120
+    while not (tmp_path / "w" / "search_state.json").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    run.send_signal(signal.SIGINT)
+    _, err = run.communicate(timeout=60)
+    assert run.returncode == 130 and "interrupted; rerun the same command to resume\n" in err
+    assert "Traceback" not in err
+    (tmp_path / "w" / "search_state.json").write_text('{"generation": 3, "popul')
+    run = search(tmp_path / "w", "--config.search.generations=400")
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 1 and "Traceback" not in err
+    assert f"error: {tmp_path / 'w' / 'search_state.json'} is corrupt" in err
+    (tmp_path / "a_file").write_text("not a directory")  # (root writes through read-only modes)
+    run = search(tmp_path / "a_file" / "w")
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 1 and "Traceback" not in err and f"error: {tmp_path / 'a_file'}" in err, err

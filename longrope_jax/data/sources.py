@@ -110,12 +110,64 @@ def text_source(data_cfg: Any, split: str | None = None) -> grain.sources.Random
     if kind == "demo":
         return demo_source(split)
     if kind == "files":
-        return local_text_source(data_cfg.files, data_cfg.get("text_key", "text"))
+        source = local_text_source(data_cfg.files, data_cfg.get("text_key", "text"))
+        return source if split is None else TextRecords(split_records(source, data_cfg, split))
     if kind == "tfds":
         return TfdsTextSource(data_cfg.tfds_name, split or data_cfg.get("tfds_split", "test"),
                               data_cfg.get("text_key", "book_text"), data_cfg.get("name_key", "short_book_title"),
                               data_cfg.get("tfds_data_dir"))
     raise ConfigError(f"unknown data.source {kind!r}; use 'demo', 'files' or 'tfds'")
+
+
+FILE_SPLIT_FRACTIONS = {"train": 0.8, "search": 0.1, "held_out": 0.1}
+
+
+def split_assignment(names: Sequence[str], seed: int, explicit: Any = None) -> dict[str, list[str]]:
+    """{split: document names} for local files: `explicit` ({split: names}) where it names any document, else a
+    seeded shuffle cut 80/10/10 (at least one document in each split), so train, search and held-out text never
+    overlap."""
+    from longrope_jax.settings import as_list
+
+    names = sorted(dict.fromkeys(names))
+    chosen = {k: as_list(v) for k, v in dict(explicit or {}).items() if as_list(v)}
+    if chosen:
+        unknown = sorted({n for v in chosen.values() for n in v} - set(names))
+        if unknown:
+            raise ConfigError(f"data.split_names names documents that data.files does not hold: {unknown[:4]}; "
+                              f"names are file stems (.txt) or <stem>:<line> (.jsonl); known: {names[:6]}")
+        return {k: chosen.get(k, []) for k in FILE_SPLIT_FRACTIONS}
+    if len(names) < len(FILE_SPLIT_FRACTIONS):
+        raise ConfigError(f"data.files holds {len(names)} document(s); a seeded train/search/held_out split needs "
+                          f"at least 3: add files or name each split's documents with "
+                          f"--config.data.split_names.held_out=NAME (and .search, .train)")
+    order = [names[i] for i in np.random.default_rng(int(seed)).permutation(len(names))]
+    held = max(1, int(round(len(names) * FILE_SPLIT_FRACTIONS["held_out"])))
+    search = max(1, int(round(len(names) * FILE_SPLIT_FRACTIONS["search"])))
+    return {"held_out": order[:held], "search": order[held:held + search], "train": order[held + search:]}
+
+
+def split_records(source: TextRecords, data_cfg: Any, split: str) -> list[dict[str, str]]:
+    """The records of one split ("train", "search" or "held_out") of a local-files source."""
+    if split not in FILE_SPLIT_FRACTIONS:
+        raise ConfigError(f"unknown split {split!r} for data.source='files'; use {', '.join(FILE_SPLIT_FRACTIONS)}")
+    records = [source[i] for i in range(len(source))]
+    assignment = split_assignment([r["name"] for r in records], int(data_cfg.get("split_seed", 0)),
+                                  data_cfg.get("split_names"))
+    wanted = set(assignment[split])
+    return [r for r in records if r["name"] in wanted]
+
+
+def check_splits_apart(data_cfg: Any, fitness_split: str, judged_split: str) -> None:
+    """Stops a run whose fitness documents would also be the documents it is judged on."""
+    if fitness_split == judged_split:
+        raise ConfigError(f"data.search_split and data.held_out_split are both {fitness_split!r}: the verdict would "
+                          f"judge the search on the text it was fitted to; give them different splits")
+    if data_cfg.source == "tfds":
+        return  # TFDS splits are disjoint by construction
+    names = [{r["name"] for r in text_source(data_cfg, split)} for split in (fitness_split, judged_split)]
+    if names[0] & names[1]:
+        raise ConfigError(f"documents {sorted(names[0] & names[1])[:4]} are in both the {fitness_split!r} and the "
+                          f"{judged_split!r} split; list each document in one split only (data.split_names)")
 
 
 def load_token_documents(source: grain.sources.RandomAccessDataSource, tokenizer,

@@ -63,11 +63,15 @@ def plot_passkey(table: Mapping[str, Mapping[int, float]], path: str | Path, tit
 
 
 def plot_fitness(history, path: str | Path, title: str = "") -> Path:
-    """history: [{"generation", "best", "median"}]; perplexity per generation."""
-    generations = [h["generation"] for h in history]
-    series = {"best": (generations, [h["best"] for h in history]),
-              "median of population": (generations, [h["median"] for h in history])}
-    return _lines(series, path, "generation", "perplexity (search documents)", title or "Search progress")
+    """history: [{"generation", "best", "median", "evaluated"}]; perplexity against candidates evaluated so far
+    (against the generation for histories without counts)."""
+    if all("evaluated" in h for h in history):
+        x, xlabel = list(np.cumsum([h["evaluated"] for h in history])), "candidates evaluated"
+    else:
+        x, xlabel = [h["generation"] for h in history], "generation"
+    series = {"best": (x, [h["best"] for h in history]),
+              "median of population": (x, [h["median"] for h in history])}
+    return _lines(series, path, xlabel, "perplexity (search documents)", title or "Search progress")
 
 
 def plot_losses(records, path: str | Path, title: str = "") -> Path:

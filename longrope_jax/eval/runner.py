@@ -6,7 +6,9 @@ a killed run resumes where it stopped. Plots: perplexity_vs_length.png, factors.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -49,14 +51,35 @@ def _fingerprint(config: Any) -> dict:
 def _load_results(workdir: Path, config: Any) -> dict:
     results = read_json(workdir / RESULTS, default=None)
     if results is None:
-        return {"fingerprint": _fingerprint(config), "perplexity": {}, "nll": {}, "passkey": {}}
+        return {"fingerprint": _fingerprint(config), "perplexity": {}, "nll": {}, "passkey": {},
+                "factor_values": _factor_values_digest(config.eval.factors)}
     # Results written before the fingerprint held the compute dtype name it in their model record (else float32).
     stored = {"dtype": results.get("model", {}).get("dtype", "float32"), **results.get("fingerprint", {})}
     if stored != _fingerprint(config):
         raise ConfigError(f"{workdir / RESULTS} was written with a different model/data/factors config; use a new "
                           f"--workdir or delete the old results")
     results["fingerprint"] = _fingerprint(config)
+    digest = _factor_values_digest(config.eval.factors)
+    if results.get("factor_values", digest) != digest:
+        # Same path, new contents: the file was overwritten (a newer search). Results of the other methods stand.
+        print(f"note: {config.eval.factors} changed since {workdir / RESULTS} was written; its longrope results "
+              f"are recomputed", file=sys.stderr)
+        for section in ("nll", "passkey", "passkey_records", "needle"):
+            for by_method in ([results.get(section, {})] if section != "nll" else
+                              list(results.get("nll", {}).values())):
+                by_method.pop("longrope", None)
+    results["factor_values"] = digest
     return results
+
+
+def _factor_values_digest(path: str) -> str | None:
+    """A digest of what a factor file says (factors, n̂, attention factor, ...), not of where it lies."""
+    if not path:
+        return None
+    data = rope_methods.read_factors(path)
+    fields = {k: data.get(k) for k in ("long_factor", "short_factor", "n_hat", "attention_factor", "critical_dim",
+                                       "original_max_position_embeddings", "rope_type")}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:24]
 
 
 def run_evaluation(config: Any, workdir: str | Path) -> dict:

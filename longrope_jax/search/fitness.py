@@ -72,6 +72,28 @@ class FitnessCache:
                        (self._key(candidate_key), json.dumps([float(v) for v in nll])))
 
 
+# Bumped whenever what a cached score means changes (model identity, loss, rope formula): older cache rows and
+# search states then never match a new key, and a resumed search is refused with a message instead of misread.
+FITNESS_KEY_VERSION = 2
+
+
+def model_identity(model: Transformer) -> str:
+    """A digest of the model's config (without speed-only settings) and every byte of every parameter.
+
+    Two models that differ anywhere (a width, one zeroed projection) never share fitness-cache rows; hashing
+    135M float32 parameters takes about a second, next to minutes for one evaluation.
+    """
+    from longrope_jax.model.config import config_to_dict, without_speed_settings
+    from longrope_jax.model.state import model_params
+
+    digest = hashlib.sha256(repr(sorted(without_speed_settings(config_to_dict(model.cfg)).items())).encode())
+    for name, value in sorted(model_params(model).items()):
+        array = np.ascontiguousarray(np.asarray(value))
+        digest.update(f"|{name}|{array.dtype}|{array.shape}|".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
 def fingerprint(*parts: object) -> str:
     digest = hashlib.sha256()
     for part in parts:
@@ -85,8 +107,12 @@ class FitnessEvaluator:
     def __init__(self, model: Transformer, documents: np.ndarray, space: SearchSpace, attention_scale: float,
                  original_inv_freq: np.ndarray, batch_size: int, cache: FitnessCache | None = None,
                  racing: bool = True, loss_mask: np.ndarray | None = None, mesh: jax.sharding.Mesh | None = None,
-                 context_impl: str = "ring", vmap_width: int | str | None = "auto"):
+                 context_impl: str = "ring", vmap_width: int | str | None = "auto",
+                 base_factors: np.ndarray | None = None):
         """mesh: candidates split over its "data" axis, each document over its "context" axis (ring attention).
+
+        base_factors: λ1 of a progressive stage; a candidate λ2 is scored as the λ2 ⊙ λ1 that is exported, with
+        `original_inv_freq` the model's own frequencies (so the first n̂ positions use θ, as served).
 
         vmap_width: candidates vectorised at once inside a batch (`longrope_jax.eval.perplexity`); all of them when
         the batch is split over a data axis, whose devices each need their share at once.
@@ -112,6 +138,8 @@ class FitnessEvaluator:
         self.batch_size = max(1, int(batch_size))
         self.scale = jnp.float32(attention_scale)
         self.original_inv_freq = jnp.asarray(original_inv_freq, jnp.float32)
+        self.base_factors = np.ones(len(original_inv_freq)) if base_factors is None else np.asarray(base_factors,
+                                                                                                      np.float64)
         self.stats = {"evaluations": 0, "cache_hits": 0, "doc_evals": 0, "doc_evals_saved": 0}
         self.on_items: Callable[[int], None] | None = None  # progress hook: called with items scored per call
 
@@ -126,7 +154,7 @@ class FitnessEvaluator:
             padded = chunk + [chunk[-1]] * (self.batch_size - len(chunk))
             items_in = (self.documents[[d for _, d in padded]][:, None],
                         self.weights[[d for _, d in padded]][:, None],
-                        np.stack([c.array for c, _ in padded]).astype(np.float32),
+                        np.stack([c.array * self.base_factors for c, _ in padded]).astype(np.float32),
                         np.asarray([c.n_hat for c, _ in padded], np.int32))
             # With a mesh, the candidate axis is split over its "data" axis: each device scores its own items.
             items_in = [jax.device_put(x, self.item_sharding) if self.item_sharding else jnp.asarray(x)

@@ -19,18 +19,19 @@ from jax.sharding import Mesh
 from longrope_jax.cache import cache_dir
 from longrope_jax.data.documents import first_documents, random_windows
 from longrope_jax.errors import ConfigError
-from longrope_jax.data.sources import load_token_documents, text_source
+from longrope_jax.data.sources import check_splits_apart, load_token_documents, text_source
 from longrope_jax.eval import methods as rope_methods
 from longrope_jax.eval import plots
 from longrope_jax.eval.perplexity import PerplexityEvaluator
 from longrope_jax.settings import as_list
 from longrope_jax.io import write_json_atomic, write_text_atomic
 from longrope_jax.loading import load_from_config
-from longrope_jax.model.config import config_to_dict
 from longrope_jax.rope import RopeSpec, longrope_spec
 from longrope_jax.sharding import make_mesh
-from longrope_jax.search.fitness import FitnessCache, FitnessEvaluator, fingerprint
+from longrope_jax.search.fitness import (FITNESS_KEY_VERSION, FitnessCache, FitnessEvaluator, fingerprint,
+                                         model_identity, perplexity_of)
 from longrope_jax.search.runner import best_candidate, run_generations
+from longrope_jax.search.settings import check_search_settings
 from longrope_jax.search.space import space_from_config
 
 SEED_METHODS = ("pi", "ntk", "yarn")
@@ -83,6 +84,7 @@ def run_search(config: Any, workdir: str | Path, model_bundle=None) -> dict:
     model, cfg, tokenizer = model_bundle or load_from_config(config.model)
     base = cfg.rope
     original = base.original_length
+    check_search_settings(config.search, original)
     target = int(search_cfg.target_length)
     scale = target / original
     # The attention scale belongs to the final long context (Phi-3 rule: one scale for short and long factors).
@@ -137,32 +139,34 @@ def run_search(config: Any, workdir: str | Path, model_bundle=None) -> dict:
             raise ConfigError(f"search.verdict_methods: {method!r} is not a baseline; use some of none, pi, ntk, "
                               f"dynamic, yarn (the searched factors are always compared)")
     if search_cfg.verdict_documents:
+        check_splits_apart(config.data, config.data.search_split, config.data.held_out_split)
         held_out = _held_out(config, cfg, tokenizer, target)  # tokenised once: the checks below and the verdict
     if search_cfg.verdict_documents and search_cfg.verdict_results:
         if model_bundle is not None:
             raise ConfigError("search.verdict_results cannot be used with a model handed in by the pipeline (its "
                               "baselines were measured on config.model); leave it empty")
         baselines = _measured_baselines(config, search_cfg.verdict_results, target, held_out[1])
-    model_id = fingerprint(config_to_dict(cfg)["rope"], np.asarray(model.embed_tokens[...][:4]),
-                           np.asarray(model.layers.self_attn.q_proj[...][0, :4]))
-    # The compute dtype changes every score; float32 (the only dtype before it was part of the key) adds nothing,
-    # so caches and search states made before stay valid.
-    dtype = () if cfg.dtype == "float32" else (cfg.dtype,)
-    namespace = fingerprint(model_id, documents, target, round(mscale, 9), space.kind, space.critical_dim,
-                            base_factors, loss_mask if loss_mask is not None else "perplexity", *dtype)
+    # Everything a score depends on: the whole model (config incl. compute dtype, every parameter), the documents
+    # and what counts in them, the target, the attention scale, the space's fixed parts and λ1 of a second stage.
+    namespace = fingerprint(FITNESS_KEY_VERSION, model_identity(model), documents, target, round(mscale, 9),
+                            space.kind, space.critical_dim, base_factors,
+                            loss_mask if loss_mask is not None else "perplexity")
     cache = FitnessCache(search_cfg.cache or cache_dir("search") / "fitness.sqlite", namespace)
     evaluator = FitnessEvaluator(model, documents, space, mscale,
-                                 default_inv_freq(base.theta, base.rotary_dim) / base_factors,
+                                 default_inv_freq(base.theta, base.rotary_dim),
                                  int(search_cfg.batch_size), cache, bool(search_cfg.racing), loss_mask,
                                  search_mesh(search_cfg), config.model.get("context_attention", "ring"),
-                                 config.model.get("vmap_width", "auto"))
-    state_fingerprint = {"namespace": namespace, "seed": int(search_cfg.seed),
+                                 config.model.get("vmap_width", "auto"), base_factors)
+    state_fingerprint = {"version": FITNESS_KEY_VERSION, "namespace": namespace, "seed": int(search_cfg.seed),
                          "budget": scaled_budget(config.search), "space": repr(space)}
     state = run_generations(evaluator, space, seeds, search_cfg, workdir, state_fingerprint)
     best, best_ppl = best_candidate(state)
     reference = list(seed_factors(seed_base, target).values())
     summary = _write_outputs(config, workdir, cfg, best, best_ppl, state, mscale, target, reference, used,
                              base_factors)
+    summary["seeds"] = _seed_fitness(evaluator, space, seed_factors(
+        seed_base, target, as_list(search_cfg.seed_methods), as_list(search_cfg.seed_scales)), base_factors)
+    write_json_atomic(workdir / "summary.json", summary)
     if search_cfg.verdict_documents:
         summary["verdict"] = _verdict(config, model, cfg, held_out, workdir / "rope_scaling.json", target,
                                       baselines)
@@ -185,9 +189,21 @@ def _write_outputs(config, workdir, cfg, best, best_ppl, state, mscale, target, 
     summary = {"target_length": target, "original_length": cfg.rope.original_length,
                "budget": scaled_budget(config.search), "space": config.search.space,
                "search_documents": used, "best_perplexity": best_ppl, "best_n_hat": best.n_hat,
-               "attention_factor": mscale, "generations_done": state["generation"], "stats": state["stats"]}
+               "export_target": config.search.get("export_target", "hf"),
+               "attention_factor": mscale, "generations_done": state["generation"], "stats": state["stats"],
+               "history": history}
     write_json_atomic(workdir / "summary.json", summary)
     return summary
+
+
+def _seed_fitness(evaluator: FitnessEvaluator, space, seeds: dict[str, np.ndarray], base_factors: np.ndarray
+                  ) -> dict[str, dict]:
+    """{seed name: search-document perplexity and factors} of the seeds as the search scored them (projected onto
+    its grid and bounds); generation 0 scored every seed in full, so these are fitness-cache hits."""
+    projected = {name: space.project(factors) for name, factors in seeds.items()}
+    scores = evaluator.evaluate(list({space.key(c): c for c in projected.values()}.values()))
+    return {name: {"search_perplexity": perplexity_of(scores[space.key(c)], evaluator.num_documents),
+                   "long_factor": (c.array * base_factors).tolist()} for name, c in projected.items()}
 
 
 def _held_out(config, cfg, tokenizer, target: int) -> tuple[np.ndarray, list[str]]:

@@ -33,6 +33,11 @@ def run_generations(evaluator: FitnessEvaluator, space: SearchSpace, seeds: list
     """Runs (or resumes) the search; returns the final state (population ranked best first, history, stats)."""
     workdir.mkdir(parents=True, exist_ok=True)
     state = read_json(workdir / STATE)
+    if state is not None and state.get("fingerprint", {}).get("version") != fingerprint.get("version"):
+        raise ConfigError(f"{workdir / STATE} was written by another longrope-jax version (search state version "
+                          f"{state.get('fingerprint', {}).get('version', 1)}, this one reads "
+                          f"{fingerprint.get('version')}); its scores cannot be reused: remove it or use a new "
+                          f"--workdir")
     if state is not None and state.get("fingerprint") != fingerprint:
         raise ConfigError(f"{workdir / STATE} belongs to a search with different settings (model, data, length or "
                           f"search space); use a new --workdir or remove it")

@@ -17,6 +17,7 @@ import numpy as np
 from longrope_jax.errors import ConfigError
 
 SPACES = ("dim_mono", "dim_piece_mono", "longrope2")
+EXPORT_TARGETS = ("hf", "gguf", "longrope_jax")  # what the result will be served with
 N_HAT_CHOICES = (0, 1, 2, 4, 8, 12, 16, 20, 24, 28, 32, 48, 64, 96, 128, 160, 192, 224, 256)
 
 
@@ -160,7 +161,12 @@ def space_from_config(search_cfg: Any, half_dim: int, scale: float, rotary_dim: 
     if search_cfg.space == "longrope2":
         critical = int(search_cfg.critical_dim) if search_cfg.critical_dim else critical_dimension(
             rotary_dim, theta, original_length)
-    choices = tuple(int(n) for n in search_cfg.n_hat_choices) if search_cfg.search_n_hat else (0,)
+    target = search_cfg.get("export_target", "hf")
+    if target not in EXPORT_TARGETS:
+        raise ConfigError(f"search.export_target={target!r}: use one of {', '.join(EXPORT_TARGETS)}")
+    # Only longrope-jax applies n̂; a search for an HF or GGUF export keeps to what those loaders serve.
+    searches_n_hat = bool(search_cfg.search_n_hat) and target == "longrope_jax"
+    choices = tuple(int(n) for n in search_cfg.n_hat_choices) if searches_n_hat else (0,)
     return SearchSpace(kind=search_cfg.space, half_dim=half_dim, scale=float(scale), lower=float(search_cfg.lower),
                        upper=float(search_cfg.upper), grid=float(search_cfg.grid), n_hat_choices=choices,
                        critical_dim=critical)

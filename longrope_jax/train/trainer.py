@@ -200,9 +200,8 @@ class Trainer:
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    from longrope_jax.io import read_json_lines
+    return read_json_lines(path)
 
 
 def _write_jsonl(path: Path, records: list[dict]) -> None:

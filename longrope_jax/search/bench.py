@@ -1,0 +1,135 @@
+"""The search bench: one LongRoPE search at `ratio` × the native length, judged on held-out windows.
+
+`run_bench` runs `run_search` (search-split windows, its own fitness cache and state in `workdir`) and then a
+per-method table on `windows` seeded windows of the held-out split: the classic methods (none, PI, NTK, dynamic
+NTK, YaRN), every seed as the search scored it, the best seed (lowest search-window fitness) and the searched
+factors. The results folder gets rope_scaling.json, summary.json, fitness.png and factors.png.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from longrope_jax.data.documents import random_windows
+from longrope_jax.data.sources import check_splits_apart, load_token_documents, text_source
+from longrope_jax.eval import methods as rope_methods
+from longrope_jax.eval.perplexity import PerplexityEvaluator, spec_ropes
+from longrope_jax.io import write_json_atomic
+from longrope_jax.loading import load_from_config
+from longrope_jax.rope import RopeSpec, longrope_spec
+from longrope_jax.search.job import run_search, scaled_budget
+
+CLASSIC_METHODS = ("none", "pi", "ntk", "dynamic", "yarn")
+COPIED_OUTPUTS = ("rope_scaling.json", "factors.json", "factors.png", "fitness.png")
+
+
+def bench_search_config(config: Any, ratio: int, workdir: Path) -> Any:
+    """config with the search aimed at ratio × the model's native length, with a cache of its own in workdir
+    and no built-in verdict (the bench's held-out table replaces it)."""
+    out = config.copy_and_resolve_references()
+    with out.unlocked():
+        out.search.target_length = int(ratio) * int(config.bench.native_length)
+        out.search.cache = str(workdir / "fitness.sqlite")
+        out.search.verdict_documents = 0
+    return out
+
+
+def held_out_table(model, cfg, tokens: np.ndarray, target: int, factors_path: Path, seeds: dict[str, dict],
+                   attention_factor: float, vmap_width: Any = "auto") -> dict[str, float]:
+    """{method: perplexity over the held-out windows} for the classic methods, each seed and the searched λ."""
+    specs: dict[str, RopeSpec] = {m: rope_methods.method_spec(cfg.rope, m, target) for m in CLASSIC_METHODS}
+    for name, seed in seeds.items():
+        specs[f"seed:{name}"] = longrope_spec(cfg.rope, seed["long_factor"], max_position_embeddings=target,
+                                              attention_factor=attention_factor)
+    specs["searched"] = rope_methods.method_spec(cfg.rope, "longrope", target, factors_path)
+    evaluator = PerplexityEvaluator(model, vmap_width=vmap_width)
+    values = evaluator.perplexity(tokens, list(specs.values()))
+    return {name: float(v) for name, v in zip(specs, values)}
+
+
+def run_bench(config: Any, ratio: int, workdir: str | Path, results_dir: str | Path, log=print) -> dict:
+    """Searches at ratio × native length (resumable in workdir), judges on held-out windows, writes results_dir."""
+    workdir, results_dir = Path(workdir), Path(results_dir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    check_splits_apart(config.data, config.data.search_split, config.data.held_out_split)
+    search_config = bench_search_config(config, ratio, workdir)
+    bundle = load_from_config(config.model)
+    model, cfg, tokenizer = bundle
+    target = int(search_config.search.target_length)
+    summary = run_search(search_config, workdir, model_bundle=bundle)
+    held_docs = load_token_documents(text_source(config.data, config.data.held_out_split), tokenizer)
+    tokens, where = random_windows(held_docs, target, int(config.bench.held_out_windows),
+                                   int(config.bench.held_out_seed), bool(config.data.add_bos), cfg.bos_token_id)
+    table = held_out_table(model, cfg, tokens, target, workdir / "rope_scaling.json", summary["seeds"],
+                           summary["attention_factor"], config.model.get("vmap_width", "auto"))
+    best_seed = min(summary["seeds"], key=lambda n: summary["seeds"][n]["search_perplexity"])
+    table["best_seed"] = table[f"seed:{best_seed}"]
+    closed = {m: table[m] for m in CLASSIC_METHODS if math.isfinite(table[m])}
+    best_closed = min(closed, key=closed.get)
+    seed_search = [s["search_perplexity"] for s in summary["seeds"].values()]
+    history = summary.get("history") or []
+    out = {
+        "ratio": int(ratio), "target_length": target, "native_length": cfg.rope.original_length,
+        "space": search_config.search.space, "search_n_hat": bool(search_config.search.search_n_hat),
+        "search_seed": int(search_config.search.seed), "budget": scaled_budget(search_config.search),
+        "evaluations": int(summary["stats"].get("evaluations", 0)),
+        "search_documents": summary["search_documents"],
+        "held_out_documents": [f"{name}@{start}" for name, start in where],
+        "search_perplexity": {"searched": summary["best_perplexity"], "best_seed": min(seed_search),
+                              "seeds": {n: s["search_perplexity"] for n, s in summary["seeds"].items()}},
+        "seed_spread": {"min": min(seed_search), "max": max(seed_search)},
+        "best_seed": best_seed, "best_closed_form": best_closed, "best_n_hat": summary["best_n_hat"],
+        "held_out_perplexity": table,
+        "searched_vs_best_seed": table["searched"] / table["best_seed"] - 1.0,
+        "searched_vs_best_closed_form": table["searched"] / table[best_closed] - 1.0,
+        "attention_factor": summary["attention_factor"], "stats": summary["stats"], "history": history,
+    }
+    results_dir.mkdir(parents=True, exist_ok=True)
+    for name in COPIED_OUTPUTS:
+        shutil.copyfile(workdir / name, results_dir / name)
+    write_json_atomic(results_dir / "summary.json", out)
+    log(f"{results_dir.name}: held-out ppl searched {table['searched']:.3f}, best seed ({best_seed}) "
+        f"{table['best_seed']:.3f}, best closed form ({best_closed}) {table[best_closed]:.3f}; "
+        f"{out['evaluations']} evaluations")
+    return out
+
+
+def closed_form_table(config: Any, ratios: list[int], results_dir: str | Path, log=print) -> dict:
+    """The model's held-out perplexity at ratio × native length for the classic methods (the bench's baseline):
+    summary.json, perplexity_vs_length.png; `windows` seeded held-out windows per length."""
+    import time
+
+    from longrope_jax.eval import plots
+
+    results_dir = Path(results_dir)
+    model, cfg, tokenizer = load_from_config(config.model)
+    native = int(config.bench.native_length)
+    held_docs = load_token_documents(text_source(config.data, config.data.held_out_split), tokenizer)
+    evaluator = PerplexityEvaluator(model, vmap_width=config.model.get("vmap_width", "auto"))
+    table: dict[str, dict[str, float]] = {m: {} for m in CLASSIC_METHODS}
+    seconds: dict[str, float] = {}
+    for ratio in ratios:
+        length = int(ratio) * native
+        tokens, _ = random_windows(held_docs, length, int(config.bench.held_out_windows),
+                                   int(config.bench.held_out_seed), bool(config.data.add_bos), cfg.bos_token_id)
+        specs = [rope_methods.method_spec(cfg.rope, m, length) for m in CLASSIC_METHODS]
+        evaluator.perplexity(tokens[:1], specs[:1])  # compile outside the timing
+        start = time.perf_counter()
+        evaluator.mean_nll(tokens[:1], spec_ropes(specs[:1], length))
+        seconds[str(length)] = time.perf_counter() - start  # one candidate on one window
+        for method, ppl in zip(CLASSIC_METHODS, evaluator.perplexity(tokens, specs)):
+            table[method][str(length)] = float(ppl)
+        log(f"{length} tokens ({ratio}x): " + ", ".join(f"{m} {table[m][str(length)]:.2f}" for m in CLASSIC_METHODS))
+    results_dir.mkdir(parents=True, exist_ok=True)
+    out = {"native_length": native, "ratios": [int(r) for r in ratios], "windows": int(config.bench.held_out_windows),
+           "held_out": config.data.held_out_split, "perplexity": table, "seconds_per_evaluation": seconds}
+    write_json_atomic(results_dir / "summary.json", out)
+    plots.plot_perplexity_vs_length({m: {int(k): v for k, v in by.items()} for m, by in table.items()},
+                                    results_dir / "perplexity_vs_length.png", native,
+                                    title=f"Fixture model on held-out windows ({config.data.held_out_split})")
+    return out
