@@ -21,19 +21,18 @@ def main(argv) -> None:
         from longrope_jax.data.documents import demo_texts
         from longrope_jax.data.sources import text_source
         from longrope_jax.loading import model_overrides
-        from longrope_jax.train.pretrain import FixtureShape, run_pretrain
+        from longrope_jax.train.pretrain import fixture_model_config, run_pretrain
 
         config = _CONFIG.value
-        shape = FixtureShape(**dict(config.fixture))
 
         def texts(split: str) -> dict[str, str]:
             if config.data.source == "demo":
                 return demo_texts(split)
             return {r["name"]: r["text"] for r in text_source(config.data, split)}
 
-        execution = {k: v for k, v in model_overrides(config.model).items() if k != "dtype"}
-        run_pretrain(shape, config.pretrain, texts(config.data.train_split), texts(config.data.held_out_split),
-                     _WORKDIR.value or f"runs/{config.name}", config.pretrain.export, execution)
+        cfg = fixture_model_config(config.fixture, **model_overrides(config.model))
+        run_pretrain(cfg, config.pretrain, texts(config.data.train_split), texts(config.data.held_out_split),
+                     _WORKDIR.value or f"runs/{config.name}", config.pretrain.export)
 
     run_main(pretrain)
 

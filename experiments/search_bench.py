@@ -20,6 +20,8 @@ _RATIO = flags.DEFINE_integer("ratio", 8, "target length = ratio × the model's 
 _NAME = flags.DEFINE_string("name", None, "result name; default mini_<ratio>x")
 _WORKDIR = flags.DEFINE_string("workdir", None, "search state and cache; default runs/bench/<name>")
 _RESULTS = flags.DEFINE_string("results", "experiments/results", "folder that receives <name>/")
+_REPORT = flags.DEFINE_bool("table", False, "instead of a search: print the markdown table of every "
+                            "<results>/mini_* result")
 _TABLE = flags.DEFINE_list("closed_form_ratios", None, "instead of a search: the classic methods' held-out "
                            "perplexity at these ratios (e.g. 1,4,8,16,32,64), written to <results>/<name>")
 
@@ -31,7 +33,11 @@ def main(argv) -> None:
         from pathlib import Path
 
         from longrope_jax.errors import ConfigError
-        from longrope_jax.search.bench import closed_form_table, run_bench
+        from longrope_jax.search.bench import bench_table, closed_form_table, run_bench
+
+        if _REPORT.value:
+            print(bench_table(_RESULTS.value))
+            return
 
         if _TABLE.value:
             closed_form_table(_CONFIG.value, [int(r) for r in _TABLE.value],

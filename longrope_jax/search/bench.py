@@ -133,3 +133,29 @@ def closed_form_table(config: Any, ratios: list[int], results_dir: str | Path, l
                                     results_dir / "perplexity_vs_length.png", native,
                                     title=f"Fixture model on held-out windows ({config.data.held_out_split})")
     return out
+
+
+def bench_table(results_dir: str | Path, names: list[str] | None = None) -> str:
+    """A markdown table of the bench results in results_dir/<name>/summary.json (default: every mini_* folder
+    with a search summary), one row per result: held-out perplexity of the closed forms, the best seed and the
+    searched factors, and the searched factors' margin over the best seed and the best closed form."""
+    import json
+
+    results_dir = Path(results_dir)
+    folders = [results_dir / n for n in names] if names else sorted(
+        (p.parent for p in results_dir.glob("mini_*/summary.json")),
+        key=lambda p: (json.loads((p / "summary.json").read_text()).get("ratio", 0), p.name))
+    header = ("| result | target | evaluations | " + " | ".join(CLASSIC_METHODS) +
+              " | best seed | searched | vs best seed | vs best closed form |")
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for folder in folders:
+        summary = json.loads((folder / "summary.json").read_text())
+        if "held_out_perplexity" not in summary:
+            continue
+        table = summary["held_out_perplexity"]
+        lines.append(f"| {folder.name} | {summary['target_length']} ({summary['ratio']}x) | "
+                     f"{summary['evaluations']} | " + " | ".join(f"{table[m]:.2f}" for m in CLASSIC_METHODS) +
+                     f" | {table['best_seed']:.2f} ({summary['best_seed']}) | **{table['searched']:.2f}** | "
+                     f"{100 * summary['searched_vs_best_seed']:+.2f}% | "
+                     f"{100 * summary['searched_vs_best_closed_form']:+.2f}% |")
+    return "\n".join(lines)

@@ -8,7 +8,6 @@ the training stream, so model selection touches neither the search split nor the
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from pathlib import Path
@@ -28,26 +27,13 @@ from longrope_jax.rope import RopeSpec
 SPECIAL_TOKEN = "<|endoftext|>"  # id 0: BOS, EOS and document separator alike
 
 
-@dataclasses.dataclass(frozen=True)
-class FixtureShape:
-    """The fixture model's architecture (Llama: GQA, RMSNorm, SwiGLU, rotate-half RoPE)."""
-
-    vocab_size: int = 8192
-    hidden_size: int = 256
-    intermediate_size: int = 768
-    num_layers: int = 6
-    num_heads: int = 4
-    num_kv_heads: int = 2
-    head_dim: int = 64
-    rope_theta: float = 10_000.0
-    native_length: int = 256
-
-    def model_config(self, **execution: Any) -> ModelConfig:
-        rope = RopeSpec(head_dim=self.head_dim, theta=self.rope_theta, max_position_embeddings=self.native_length)
-        return ModelConfig(architecture="llama", vocab_size=self.vocab_size, hidden_size=self.hidden_size,
-                           intermediate_size=self.intermediate_size, num_layers=self.num_layers,
-                           num_heads=self.num_heads, num_kv_heads=self.num_kv_heads, head_dim=self.head_dim,
-                           rms_norm_eps=1e-5, rope=rope, bos_token_id=0, eos_token_id=0, **execution)
+def fixture_model_config(fixture: Mapping[str, Any], **execution: Any) -> ModelConfig:
+    """The fixture's Llama (GQA, RMSNorm, SwiGLU, rotate-half RoPE) from the config's `fixture` section: the
+    ModelConfig shape fields plus rope_theta and native_length; token 0 is BOS, EOS and separator."""
+    fields = dict(fixture)
+    theta, native = float(fields.pop("rope_theta")), int(fields.pop("native_length"))
+    rope = RopeSpec(head_dim=int(fields["head_dim"]), theta=theta, max_position_embeddings=native)
+    return ModelConfig(architecture="llama", rope=rope, bos_token_id=0, eos_token_id=0, **fields, **execution)
 
 
 def train_bpe_tokenizer(texts: Mapping[str, str], vocab_size: int) -> Tokenizer:
@@ -134,9 +120,9 @@ def _trainer_settings(section: Any, seq_len: int) -> Any:
         stop_after=int(section.eval_every)))
 
 
-def run_pretrain(shape: FixtureShape, section: Any, train_texts: Mapping[str, str],
+def run_pretrain(cfg: ModelConfig, section: Any, train_texts: Mapping[str, str],
                  held_out_texts: Mapping[str, str], workdir: str | Path, export_path: str | Path,
-                 execution: Mapping[str, Any] | None = None, log=print) -> dict:
+                 log=print) -> dict:
     """Trains the fixture model in `workdir` (resumable: rerun to continue) and exports the best checkpoint.
 
     section: steps, batch_size, learning_rate, warmup_steps, final_lr_fraction, weight_decay, seed, eval_every,
@@ -157,12 +143,11 @@ def run_pretrain(shape: FixtureShape, section: Any, train_texts: Mapping[str, st
     if tokenizer_file.exists():
         tokenizer = Tokenizer.from_file(str(tokenizer_file))
     else:
-        tokenizer = train_bpe_tokenizer(train_texts, shape.vocab_size)
+        tokenizer = train_bpe_tokenizer(train_texts, cfg.vocab_size)
         tokenizer.save(str(tokenizer_file))
-    cfg = shape.model_config(**dict(execution or {}))
     docs = tokenize_texts(train_texts, tokenizer, use_cache=False)
     train_docs, valid_docs = split_validation(docs, float(section.validation_fraction))
-    length = shape.native_length
+    length = cfg.rope.original_length
     valid = validation_windows(valid_docs, length, int(section.validation_windows))
     held_out = validation_windows(tokenize_texts(held_out_texts, tokenizer, use_cache=False), length,
                                   int(section.validation_windows))
@@ -204,7 +189,9 @@ def run_pretrain(shape: FixtureShape, section: Any, train_texts: Mapping[str, st
     if best is None:
         raise ConfigError("no evaluation was made; raise pretrain.steps above pretrain.eval_every")
     params = checkpoint.restore_params(best_dir, cfg)
-    summary = {"shape": dataclasses.asdict(shape), "train_documents": sorted(train_texts),
+    from longrope_jax.model.config import config_to_dict, without_speed_settings
+
+    summary = {"model": without_speed_settings(config_to_dict(cfg)), "train_documents": sorted(train_texts),
                "held_out_documents": sorted(held_out_texts), "train_tokens": int(len(stream)),
                "best_step": best["step"], "validation_ppl": math.exp(best["validation_nll"]),
                "held_out_ppl": math.exp(best["held_out_nll"]), "steps_run": trainer.step,
