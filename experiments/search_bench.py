@@ -1,7 +1,7 @@
 """The search bench: a LongRoPE search at `--ratio` × the fixture's native length, judged on held-out windows.
 
-  python -m experiments.search_bench --config configs/mini.py --ratio 8
-  python -m experiments.search_bench --config configs/mini.py --ratio 32 --name mini_32x_longrope2 \
+  python -m experiments.search_bench --config configs/mini.py:bench --ratio 8
+  python -m experiments.search_bench --config configs/mini.py:bench --ratio 32 --name mini_32x_longrope2 \
       --config.search.space=longrope2
 
 Search state and its fitness cache live in runs/bench/<name> (rerun to resume); results (rope_scaling.json,
@@ -15,7 +15,7 @@ from ml_collections import config_flags
 
 from longrope_jax.cli import run_main
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/mini.py", "ml_collections config file")
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/mini.py:bench", "ml_collections config file")
 _RATIO = flags.DEFINE_integer("ratio", 8, "target length = ratio × the model's native length")
 _NAME = flags.DEFINE_string("name", None, "result name; default mini_<ratio>x")
 _WORKDIR = flags.DEFINE_string("workdir", None, "search state and cache; default runs/bench/<name>")

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+import math
+from typing import Any, Mapping
 
 from longrope_jax.model.config import without_speed_settings
 
@@ -22,3 +23,26 @@ def model_record(config: Any) -> dict:
     """The model settings that change values (path, dtype, ...; not the speed-only ones), stored beside results so
     others can tell whether they were measured on the same model (`search.verdict_results`)."""
     return without_speed_settings(json.loads(json.dumps(config.model.to_dict())))
+
+
+def check_ranges(section: Any, name: str, ranges: Mapping[str, tuple[type, float, float | None, str]]) -> None:
+    """Raises ConfigError for the first field of `section` outside its range.
+
+    ranges: {field: (int or float, lowest legal value, highest legal value or None, an example of a good value)}.
+    """
+    from longrope_jax.errors import ConfigError
+
+    for field, (kind, low, high, example) in ranges.items():
+        if field not in section:
+            continue
+        value = section[field]
+        try:
+            number = kind(value)
+            legal = (not isinstance(value, bool) and math.isfinite(number) and number >= low
+                     and (high is None or number <= high) and (kind is float or number == value))
+        except (TypeError, ValueError):
+            legal = False
+        if not legal:
+            bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
+            raise ConfigError(f"{name}.{field}={value!r} must be {'an integer' if kind is int else 'a number'} "
+                              f"{bounds}; e.g. --config.{name}.{field}={example}")

@@ -9,7 +9,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-CONFIGS = ["tiny", "smollm2_135m", "llama2_7b_2048k", "mistral_7b_2048k", "phi3_mini_128k",
+CONFIGS = ["tiny", "smollm2_135m", "mini", "mini_pretrain", "llama2_7b_2048k", "mistral_7b_2048k", "phi3_mini_128k",
            "llama3_8b_128k_longrope2"]
 
 
@@ -22,7 +22,7 @@ def test_config_builds(name):
     assert config.pipeline.final_target >= config.pipeline.first_target
 
 
-@pytest.mark.parametrize("name", [n for n in CONFIGS if n not in ("tiny", "smollm2_135m")])
+@pytest.mark.parametrize("name", [n for n in CONFIGS if n not in ("tiny", "smollm2_135m", "mini", "mini_pretrain")])
 def test_recipe_reads_pg19_records_through_its_data_config(name):
     import tensorflow_datasets as tfds
 

@@ -176,3 +176,17 @@ def test_failed_async_save_stops_the_run(tmp_path, monkeypatch):
     with pytest.raises(Exception, match="absolute"):
         trainer.run(iterators, tmp_path / "metrics.jsonl")
     assert trainer.step < 4  # stopped at the first check after the failed save, not after all steps
+
+
+@pytest.mark.parametrize("field,value", [("steps", 0), ("steps", -1), ("learning_rate", -1.0),
+                                         ("long_ratio", 1.5), ("seq_len", 0), ("batch_size", 0)])
+def test_bad_finetune_settings_fail_before_anything_is_written(tmp_path, field, value):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from configs.tiny import get_config
+    from longrope_jax.train.job import run_finetune
+
+    config = get_config()
+    config.finetune[field] = value
+    with pytest.raises(ConfigError, match=f"finetune.{field}={value!r} must be"):
+        run_finetune(config, tmp_path / "w")
+    assert not (tmp_path / "w").exists()

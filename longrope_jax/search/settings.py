@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from longrope_jax.errors import ConfigError
+from longrope_jax.settings import check_ranges
 
-# field: (kind, lowest legal value, highest legal value or None, an example of a good value)
 RANGES: dict[str, tuple[type, float, float | None, str]] = {
     "population": (int, 2, None, "64"),
     "generations": (int, 0, None, "40"),
@@ -28,20 +27,7 @@ RANGES: dict[str, tuple[type, float, float | None, str]] = {
 
 def check_search_settings(search: Any, original_length: int) -> None:
     """Raises ConfigError naming the field, its value and a legal one for any out-of-range search setting."""
-    for name, (kind, low, high, example) in RANGES.items():
-        if name not in search:
-            continue
-        value = search[name]
-        try:
-            number = kind(value)
-            legal = (math.isfinite(number) and number >= low and (high is None or number <= high)
-                     and (kind is float or number == value))
-        except (TypeError, ValueError):
-            legal = False
-        if not legal:
-            bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
-            raise ConfigError(f"search.{name}={value!r} must be {'an integer' if kind is int else 'a number'} "
-                              f"{bounds}; e.g. --config.search.{name}={example}")
+    check_ranges(search, "search", RANGES)
     target = search.get("target_length")
     if not isinstance(target, int) or isinstance(target, bool) or target < original_length:
         raise ConfigError(f"search.target_length={target!r} must be an integer of at least the model's native "

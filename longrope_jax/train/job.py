@@ -19,6 +19,7 @@ from longrope_jax.loading import load_from_config
 from longrope_jax.model.config import ModelConfig
 from longrope_jax.model.state import flatten
 from longrope_jax.rope import RopeSpec
+from longrope_jax.settings import check_ranges
 from longrope_jax.train import data as train_data
 from longrope_jax.train.trainer import Trainer, check_memory, read_metrics
 
@@ -31,6 +32,7 @@ def long_rope_spec(model_cfg: ModelConfig, finetune_cfg: Any) -> RopeSpec:
 
 
 def run_finetune(config: Any, workdir: str | Path, model_bundle=None) -> dict:
+    check_ranges(config.finetune, "finetune", FINETUNE_RANGES)  # before anything is written
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     ft = config.finetune
@@ -57,3 +59,14 @@ def run_finetune(config: Any, workdir: str | Path, model_bundle=None) -> dict:
     if is_primary():
         write_json_atomic(workdir / "summary.json", summary)
     return summary
+
+
+FINETUNE_RANGES: dict[str, tuple[type, float, float | None, str]] = {
+    "steps": (int, 1, None, "40"), "seq_len": (int, 2, None, "16384"), "short_seq_len": (int, 2, None, "8192"),
+    "batch_size": (int, 1, None, "1"), "grad_accum": (int, 1, None, "1"),
+    "learning_rate": (float, 1e-12, None, "2e-5"), "warmup_steps": (int, 0, None, "4"),
+    "final_lr_fraction": (float, 0.0, 1.0, "0.1"), "weight_decay": (float, 0.0, None, "0.0"),
+    "grad_clip": (float, 1e-12, None, "1.0"), "long_ratio": (float, 0.0, 1.0, "1.0 (every batch long)"),
+    "checkpoint_every": (int, 1, None, "10"), "keep_checkpoints": (int, 1, None, "2"),
+    "stop_after": (int, 0, None, "0 (run to the end)"),
+}
