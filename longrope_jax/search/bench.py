@@ -75,7 +75,9 @@ def run_bench(config: Any, ratio: int, workdir: str | Path, results_dir: str | P
     history = summary.get("history") or []
     out = {
         "ratio": int(ratio), "target_length": target, "native_length": cfg.rope.original_length,
-        "space": search_config.search.space, "search_n_hat": bool(search_config.search.search_n_hat),
+        "space": search_config.search.space, "export_target": summary["export_target"],
+        # n̂ is searched only for an export that applies it (search.export_target=longrope_jax)
+        "search_n_hat": bool(search_config.search.search_n_hat) and summary["export_target"] == "longrope_jax",
         "search_seed": int(search_config.search.seed), "budget": scaled_budget(search_config.search),
         "evaluations": int(summary["stats"].get("evaluations", 0)),
         "search_documents": summary["search_documents"],
