@@ -362,3 +362,19 @@ def test_cli_interrupt_read_only_workdir_and_corrupt_state_give_one_line(tmp_pat
     run = search(tmp_path / "a_file" / "w")
     _, err = run.communicate(timeout=120)
     assert run.returncode == 1 and "Traceback" not in err and f"error: {tmp_path / 'a_file'}" in err, err
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.sampled_from(["dim_mono", "dim_piece_mono"]), st.integers(0, 2**31 - 1))
+def test_crossover_children_take_every_factor_from_between_their_parents(kind, seed):
+    """A child's λ_i lies between its parents' λ_i (monotone repair cannot leave that range) and its n̂ is one of
+    theirs; a crossover that ignored its parents would fail this."""
+    space = make_space(kind, 4.0)
+    key = jax.random.key(seed)
+    population = operators.initial_population(key, seeds(4.0), space, 12)
+    for i in range(6):
+        first, second = population[i], population[-1 - i]
+        child = operators.crossover(jax.random.fold_in(key, i), first, second, space)
+        low, high = np.minimum(first.array, second.array), np.maximum(first.array, second.array)
+        assert np.all(child.array >= low - 1e-9) and np.all(child.array <= high + 1e-9)
+        assert child.n_hat in (first.n_hat, second.n_hat) and space.is_valid(child)
