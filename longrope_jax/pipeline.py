@@ -227,7 +227,8 @@ def _export(bundle, long_path: str, short_path: str | None, final: int, out: Pat
 
 
 def _report(config, base_bundle, export: dict, manifest: dict, out: Path) -> dict:
-    """Perplexity vs length for base / PI / YaRN / result, factor plot and report.md."""
+    """Perplexity vs length for the base model and, on the extended model's weights, none / PI / YaRN / the
+    result; factor plot and report.md."""
     from longrope_jax.data.documents import first_documents
     from longrope_jax.data.sources import load_token_documents, text_source
     from longrope_jax.eval import methods as rope_methods
@@ -244,14 +245,16 @@ def _report(config, base_bundle, export: dict, manifest: dict, out: Path) -> dic
     for length in [int(v) for v in as_list(config.eval.lengths)]:
         tokens, names = first_documents(docs, length, int(config.eval.documents), bool(config.data.add_bos),
                                         cfg.bos_token_id)
+        # Like with like: the closed forms and the result on the extended model's own weights (fine-tuned, when a
+        # stage fine-tuned), plus the base model as it was given.
         methods = ["none", "pi", "yarn"]
         vmap_width = config.model.get("vmap_width", "auto")
-        ppl = PerplexityEvaluator(model, vmap_width=vmap_width).perplexity(
-            tokens, [rope_methods.method_spec(cfg.rope, m, length) for m in methods])
-        for m, value in zip(methods, ppl):
+        table.setdefault("base model (none)", {})[length] = float(
+            PerplexityEvaluator(model, vmap_width=vmap_width).perplexity(tokens, [cfg.rope])[0])
+        specs = [rope_methods.method_spec(cfg.rope, m, length) for m in methods] + [result_cfg.rope]
+        ppl = PerplexityEvaluator(result_model, vmap_width=vmap_width).perplexity(tokens, specs)
+        for m, value in zip([*methods, "longrope (result)"], ppl):
             table.setdefault(m, {})[length] = float(value)
-        table.setdefault("longrope (result)", {})[length] = float(
-            PerplexityEvaluator(result_model, vmap_width=vmap_width).perplexity(tokens, [result_cfg.rope])[0])
     out.mkdir(parents=True, exist_ok=True)
     original = cfg.rope.original_length
     plots.plot_perplexity_vs_length(table, out / "perplexity_vs_length.png", original)
@@ -267,6 +270,8 @@ def _report(config, base_bundle, export: dict, manifest: dict, out: Path) -> dic
     report = (f"# LongRoPE extension report: {config.name}\n\n"
               f"Extended to {final} tokens (original {original}).\n\n## Stages\n{stages}\n\n"
               f"## Perplexity ({config.eval.split} documents: {', '.join(names)})\n\n"
+              f"none / pi / yarn and the result run on the extended model's weights; 'base model (none)' is the "
+              f"model as given, with its own RoPE.\n\n"
               f"| method | " + " | ".join(str(l) for l in lengths) + " |\n|---|" + "---|" * len(lengths) + "\n"
               + "\n".join(rows) + "\n\n![perplexity](perplexity_vs_length.png)\n\n![factors](factors.png)\n\n"
               f"HF export: `{export['hf_dir']}` (rope_scaling: `{export['rope_scaling']}`)\n")

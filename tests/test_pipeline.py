@@ -47,6 +47,9 @@ def test_pipeline_end_to_end_and_resume_after_kills(tmp_path):
     clean = extend(tmp_path / "clean", tmp_path / "clean.sqlite")
     assert clean.returncode == 0, clean.stderr
     assert "longrope (result)" in clean.stdout
+    report = json.loads((tmp_path / "clean" / "report" / "perplexity.json").read_text())
+    for length, base in report["base model (none)"].items():  # the closed forms run on the fine-tuned weights
+        assert base != report["none"][length]
     done = manifest(tmp_path / "clean")["stages"]
     assert [s for s in done if done[s]["status"] == "done"] == \
         ["search_long", "finetune", "search_final", "search_short", "export", "report"]
