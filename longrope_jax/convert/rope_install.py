@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from longrope_jax.errors import ConfigError
 from longrope_jax.model.config import ModelConfig
