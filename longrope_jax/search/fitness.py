@@ -169,12 +169,14 @@ class FitnessEvaluator:
 
     def evaluate(self, candidates: Sequence[Candidate], threshold: float | None = None,
                  best_per_doc: np.ndarray | None = None,
-                 on_progress: Callable[[dict[str, list[float]]], None] | None = None) -> dict[str, list[float]]:
+                 on_progress: Callable[[dict[str, list[float]]], None] | None = None,
+                 max_documents: int | None = None) -> dict[str, list[float]]:
         """{candidate key: per-document NLLs} — complete lists, or shorter ones for candidates raced out.
 
         threshold: mean NLL of the current k-th best (a candidate provably-optimistically worse stops).
         best_per_doc: (D,) best NLL of any fully scored candidate per document (the optimistic completion).
         on_progress: called with the partial results after every round (for atomic state saves).
+        max_documents: score only the first this many documents (a cheaper fidelity); a later call completes them.
         """
         space, d_total = self.space, self.num_documents
         results: dict[str, list[float]] = {}
@@ -185,7 +187,7 @@ class FitnessEvaluator:
                 self.stats["cache_hits"] += 1
         by_key = {space.key(c): c for c in candidates}
         alive = set(by_key)
-        for doc in range(d_total):
+        for doc in range(min(d_total, max_documents or d_total)):
             if self.racing and threshold is not None and best_per_doc is not None and doc > 0:
                 for key in sorted(alive):
                     nll = results[key]

@@ -69,6 +69,22 @@ def scaled_budget(search_cfg: Any) -> dict[str, int]:
     return size
 
 
+STRATEGY_FIELDS = ("strategy", "max_evaluations", "initial_size", "per_generation", "pool_size", "screen_size",
+                   "elite", "knots", "cma_sigma", "ucb_kappa")
+
+
+def strategy_settings(search_cfg: Any) -> dict:
+    """The settings a non-reference strategy (or an evaluation budget) depends on: part of the state's identity."""
+    return {name: search_cfg.get(name) for name in STRATEGY_FIELDS}
+
+
+def windows_seed(search_cfg: Any) -> int:
+    """Seed of the search windows: search.windows_seed, or search.seed when it is negative (the default), so
+    searches with different RNG seeds can be scored on the same windows."""
+    seed = int(search_cfg.get("windows_seed", -1))
+    return int(search_cfg.seed) if seed < 0 else seed
+
+
 def search_mesh(search_cfg: Any) -> Mesh | None:
     """(data, context) mesh: candidates over `search.data_parallel` devices, each document's tokens over
     `search.context_parallel` (ring attention, for targets one device cannot hold); None on one device."""
@@ -119,7 +135,7 @@ def run_search(config: Any, workdir: str | Path, model_bundle=None) -> dict:
         raise ConfigError(f"unknown search.fitness {search_cfg.fitness!r}; use 'perplexity' or 'needle'")
     elif search_cfg.windows:
         search_docs = load_token_documents(text_source(config.data, config.data.search_split), tokenizer)
-        documents, where = random_windows(search_docs, target, int(search_cfg.documents), int(search_cfg.seed),
+        documents, where = random_windows(search_docs, target, int(search_cfg.documents), windows_seed(search_cfg),
                                           add_bos, cfg.bos_token_id)
         used = [f"{name}@{start}" for name, start in where]
     else:
@@ -159,6 +175,8 @@ def run_search(config: Any, workdir: str | Path, model_bundle=None) -> dict:
                                  config.model.get("vmap_width", "auto"), base_factors)
     state_fingerprint = {"version": FITNESS_KEY_VERSION, "namespace": namespace, "seed": int(search_cfg.seed),
                          "budget": scaled_budget(config.search), "space": repr(space)}
+    if search_cfg.get("strategy", "reference") != "reference" or search_cfg.get("max_evaluations"):
+        state_fingerprint["strategy"] = strategy_settings(search_cfg)
     state = run_generations(evaluator, space, seeds, search_cfg, workdir, state_fingerprint)
     best, best_ppl = best_candidate(state)
     reference = list(seed_factors(seed_base, target).values())

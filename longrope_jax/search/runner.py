@@ -1,4 +1,4 @@
-"""The evolutionary search loop: seeds -> generations of mutants + crossovers -> best factors, resumable.
+"""The search loop: seeds -> generations of candidates (chosen by `search.strategy`) -> best factors, resumable.
 
 State (`<workdir>/search_state.json`, rewritten atomically after every round of scoring) holds the generation,
 the scored population, the history and the candidates of the generation in flight. Per-document scores live in
@@ -8,6 +8,7 @@ same best factors as an uninterrupted run; the resumed run continues the remaini
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,9 @@ from tqdm import tqdm
 
 from longrope_jax.errors import ConfigError
 from longrope_jax.io import read_json, write_json_atomic
-from longrope_jax.search import operators
 from longrope_jax.search.fitness import FitnessEvaluator, perplexity_of
 from longrope_jax.search.space import Candidate, SearchSpace
+from longrope_jax.search.strategies import make_strategy
 
 STATE = "search_state.json"
 
@@ -50,27 +51,28 @@ def run_generations(evaluator: FitnessEvaluator, space: SearchSpace, seeds: list
                  "stats": {}, "seeds": seed_keys}
     base_key = jax.random.key(int(search_cfg.seed))
     generations = int(search_cfg.generations)
+    budget = float(search_cfg.get("max_evaluations", 0) or 0)
+    strategy = make_strategy(search_cfg, space)
     num_docs = evaluator.num_documents
     bar = tqdm(total=generations + 1, initial=state["generation"], desc="search", unit="gen")
 
-    def save(stats_delta: dict | None = None) -> None:
-        for name, value in (stats_delta or {}).items():
-            state["stats"][name] = state["stats"].get(name, 0) + value
+    def save() -> None:
         write_json_atomic(workdir / STATE, state)
 
-    while state["generation"] <= generations:
+    def spent() -> float:
+        """Full-evaluation equivalents so far: documents scored / documents per candidate (cache hits are free)."""
+        return state["stats"].get("doc_evals", 0) / num_docs
+
+    while state["generation"] <= generations and not (budget and spent() >= budget):
         generation = state["generation"]
         key = jax.random.fold_in(base_key, generation)
         ranked = [Candidate.from_dict(e["candidate"]) for e in _ranked(state["population"])]
         if state["pending"] is None:
             if generation == 0:
-                new = operators.initial_population(key, seeds, space, int(search_cfg.population),
-                                                   float(search_cfg.mutation_p))
+                new = strategy.initial(key, seeds, state)
             else:
                 seen = set(state.get("seen", [])) | {e["key"] for e in state["population"]}
-                new = operators.next_candidates(key, ranked, space, seen, int(search_cfg.parents),
-                                                int(search_cfg.mutants), int(search_cfg.crossovers),
-                                                float(search_cfg.mutation_p))
+                new = strategy.propose(key, ranked, seen, state)
             state["pending"] = [c.to_dict() for c in new]
             save()
         pending = [Candidate.from_dict(c) for c in state["pending"]]
@@ -81,30 +83,41 @@ def run_generations(evaluator: FitnessEvaluator, space: SearchSpace, seeds: list
             threshold = float(np.mean(_ranked(complete)[k - 1]["nll"]))
             best_per_doc = np.min(np.asarray([e["nll"] for e in complete]), axis=0)
         before = dict(evaluator.stats)
+        started = time.perf_counter()
         with tqdm(total=len(pending) * num_docs, desc=f"generation {generation}", unit="cand·doc",
                   leave=False) as items:
             evaluator.on_items = items.update
-            results = evaluator.evaluate(pending, threshold, best_per_doc)
+            results = strategy.score(evaluator, pending, threshold, best_per_doc, state)
             evaluator.on_items = None
         delta = {k: evaluator.stats[k] - before.get(k, 0) for k in evaluator.stats}
-        for candidate in pending:
-            cand_key = space.key(candidate)
+        delta["seconds"] = time.perf_counter() - started
+        in_population = {e["key"] for e in state["population"]}
+        archived = {e["key"] for e in state.setdefault("archive", [])}
+        for cand_key, candidate in {space.key(c): c for c in pending}.items():
             nll = results[cand_key]
-            state["population"].append({"key": cand_key, "candidate": candidate.to_dict(), "nll": nll,
-                                        "fitness": perplexity_of(nll, num_docs)})
+            entry = {"key": cand_key, "candidate": candidate.to_dict(), "nll": nll,
+                     "fitness": perplexity_of(nll, num_docs)}
+            if cand_key not in in_population:
+                state["population"].append(entry)
+            if cand_key not in archived:
+                state["archive"].append({"key": cand_key, "candidate": entry["candidate"], "nll": nll})
         state.setdefault("seen", [])
         state["seen"] = sorted(set(state["seen"]) | {space.key(c) for c in pending})
+        strategy.observe(pending, results, state, num_docs)
         # Truncation selection with elitism: keep the best `population` candidates.
         state["population"] = _ranked(state["population"])[:int(search_cfg.population)]
         fitness = [e["fitness"] for e in state["population"] if np.isfinite(e["fitness"])]
+        for name, value in delta.items():
+            state["stats"][name] = state["stats"].get(name, 0) + value
         state["history"].append({"generation": generation, "best": min(fitness), "median": float(np.median(fitness)),
-                                 "evaluated": len(pending)})
+                                 "evaluated": len(pending), "cost": spent(),
+                                 "seconds": state["stats"]["seconds"]})
         state["pending"] = None
         state["generation"] = generation + 1
-        save(delta)
+        save()
         bar.update(1)
         bar.set_postfix(best_ppl=f"{min(fitness):.3f}", evals=state["stats"].get("evaluations", 0),
-                        cache_hits=state["stats"].get("cache_hits", 0))
+                        cost=f"{spent():.0f}", cache_hits=state["stats"].get("cache_hits", 0))
     bar.close()
     return state
 

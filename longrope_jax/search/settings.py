@@ -22,12 +22,25 @@ RANGES: dict[str, tuple[type, float, float | None, str]] = {
     "grid": (float, 1e-6, None, "0.01"),
     "lower": (float, 1.0, None, "1.0"),
     "upper": (float, 0.0, None, "0 (= 1.25 x the scale)"),
+    "max_evaluations": (float, 0.0, None, "0 (no limit) or 270"),
+    "initial_size": (int, 2, None, "16"),
+    "per_generation": (int, 1, None, "8"),
+    "pool_size": (int, 1, None, "256"),
+    "screen_size": (int, 1, None, "24"),
+    "elite": (int, 1, None, "8"),
+    "knots": (int, 2, None, "8"),
+    "cma_sigma": (float, 1e-6, None, "0.5"),
+    "ucb_kappa": (float, 0.0, None, "1.0"),
 }
 
 
 def check_search_settings(search: Any, original_length: int) -> None:
     """Raises ConfigError naming the field, its value and a legal one for any out-of-range search setting."""
     check_ranges(search, "search", RANGES)
+    from longrope_jax.search.strategies import STRATEGIES
+    if search.get("strategy", "reference") not in STRATEGIES:
+        raise ConfigError(f"search.strategy={search.get('strategy')!r} is not a strategy; use one of "
+                          f"{', '.join(STRATEGIES)}")
     target = search.get("target_length")
     if not isinstance(target, int) or isinstance(target, bool) or target < original_length:
         raise ConfigError(f"search.target_length={target!r} must be an integer of at least the model's native "
