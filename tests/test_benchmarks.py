@@ -69,3 +69,31 @@ def test_batched_eval_benchmark_times_three_ways_with_equal_scores(tmp_path):
     assert [r["vmap_width"] for r in rows] == [1, 1, 3]  # CPU: "auto" is one at a time
     assert all(r["seconds"] > 0 and r["max_abs_nll_diff_vs_separate"] < 1e-5 for r in rows)
     assert json.loads((tmp_path / "b.json").read_text())["rows"] == json.loads(json.dumps(rows))
+
+
+def test_search_efficiency_measures_evaluations_against_the_committed_reference(tmp_path, capsys):
+    from benchmarks import search_efficiency
+
+    out = tmp_path / "search_efficiency.json"
+    search_efficiency.main(["--ratios", "4", "--seeds", "0", "--strategies", "reference,cmaes",
+                            "--budget_fraction", "0.015", "--workdir", str(tmp_path / "runs"), "--out", str(out)])
+    saved = json.loads(out.read_text())
+    from configs.common import base_config
+    assert saved["default_strategy"] == base_config().search.strategy
+    reference, cmaes = saved["rows"]
+    for row in saved["rows"]:
+        assert {"strategy", "ratio", "seed", "evaluations_to_target", "reference_evaluations", "held_out_ppl",
+                "reference_held_out_ppl"} <= set(row)
+    committed = json.loads(open("experiments/results/mini_4x/summary.json").read())
+    assert reference["held_out_ppl"] == committed["held_out_perplexity"]["searched"]
+    # the reference reaches its own final fitness within 0.5% before its last generation's cost
+    assert 0 < reference["evaluations_to_target"] <= reference["evaluations_spent"]
+    assert cmaes["reference_evaluations"] == reference["evaluations_to_target"]
+    assert 20 <= cmaes["evaluations_spent"] <= 20 + 12  # 0.015 x 1,344 plus at most one generation
+    assert cmaes["evaluations_to_target"] is None or cmaes["evaluations_to_target"] <= cmaes["evaluations_spent"]
+    assert cmaes["search_ppl"] < committed["search_perplexity"]["best_seed"]  # it moved off its seeds
+    assert (tmp_path / "search_efficiency.png").exists()
+    assert "| cmaes | 4x | 1 |" in capsys.readouterr().out
+    search_efficiency.main(["--ratios", "4", "--seeds", "0", "--strategies", "reference,cmaes",  # nothing reruns
+                            "--budget_fraction", "0.015", "--workdir", str(tmp_path / "none"), "--out", str(out)])
+    assert not (tmp_path / "none").exists()

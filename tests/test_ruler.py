@@ -1,0 +1,96 @@
+"""RULER-lite's task generators and metrics (`longrope_jax.eval.ruler`): formats, lengths, determinism per seed,
+the answers really in the prompt, RULER's wording, and the metrics on hand-made predictions."""
+
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+import longrope_jax
+from longrope_jax.errors import ConfigError
+from longrope_jax.eval import ruler
+
+FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "mini_llama"
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return longrope_jax.load_tokenizer(FIXTURE)
+
+
+def tokens(tokenizer, text):
+    return len(tokenizer.encode(text).ids)
+
+
+@pytest.mark.parametrize("task", sorted(ruler.TASKS))
+def test_every_task_fits_its_length_holds_its_answers_and_repeats_per_seed(tokenizer, task):
+    samples = ruler.generate(task, tokenizer, 2048, 3, seed=7, template="smollm2")
+    assert len(samples) == 3
+    for sample in samples:
+        assert set(sample) >= {"input", "answer_prefix", "outputs", "max_new_tokens"}
+        assert sample["max_new_tokens"] == ruler.TEMPLATES[ruler.TASKS[task]["kind"]][2]
+        prompt = tokens(tokenizer, sample["input"] + sample["answer_prefix"])
+        assert sample["length"] == prompt + sample["max_new_tokens"] <= 2048
+        assert sample["length"] >= 0.6 * 2048  # the haystack was sized to the length, not left small
+        assert sample["input"].startswith("<|im_start|>system") and sample["input"].endswith("<|im_start|>assistant\n")
+        assert sample["answer_prefix"].startswith(" The special magic" if task.startswith("niah") else " Answer:")
+        kind = ruler.TASKS[task]["kind"]
+        body = sample["input"]
+        if kind == "niah":
+            for value in sample["outputs"]:
+                assert f"is: {value}." in body
+        elif kind == "variable_tracking":
+            value = re.search(r"assigned the value (\d+)", sample["answer_prefix"]).group(1)
+            first, *rest = sample["outputs"]
+            assert f"VAR {first} = {value}" in body and len(rest) == 4
+            for previous, name in zip(sample["outputs"], rest):
+                assert f"VAR {name} = VAR {previous}" in body
+        elif kind == "common_words_extraction":
+            listed = Counter(re.findall(r"\d+\. (\S+)", body.split("<|im_start|>user\n")[-1]))
+            assert len(sample["outputs"]) == 10 and all(listed[w] >= 6 for w in sample["outputs"])
+        else:
+            counts = Counter(body.split("Question:")[0].split())
+            top = [w for w, _ in counts.most_common() if re.fullmatch(r"[a-z]{6}", w)][:3]
+            assert top == sample["outputs"]
+    again = ruler.generate(task, tokenizer, 2048, 3, seed=7, template="smollm2")
+    assert again == samples
+    assert ruler.generate(task, tokenizer, 2048, 3, seed=8, template="smollm2") != samples
+
+
+def test_one_needle_value_is_worded_in_the_singular_as_ruler_rewrites_it(tokenizer):
+    one = ruler.generate("niah_single_1", tokenizer, 512, 1)[0]
+    assert one["input"].startswith("A special magic number is hidden within the following text.")
+    assert "What is the special magic number for" in one["input"]
+    assert one["answer_prefix"].endswith("mentioned in the provided text is")
+    four = ruler.generate("niah_multivalue", tokenizer, 2048, 1)[0]
+    assert four["input"].startswith("Some special magic numbers are hidden") and len(four["outputs"]) == 4
+    assert four["answer_prefix"].endswith("mentioned in the provided text are")
+    query = ruler.generate("niah_multiquery", tokenizer, 2048, 1)[0]["answer_prefix"]
+    assert query.count(", ") == 3 and ", and " in query  # "a, b, c, and d"
+
+
+def test_the_needle_haystack_is_other_needles_and_the_noise_haystack_is_rulers(tokenizer):
+    sample = ruler.generate("niah_multikey_2", tokenizer, 1024, 1)[0]
+    assert sample["input"].count("One of the special magic numbers for") > 10
+    noise = ruler.generate("niah_single_1", tokenizer, 1024, 1, template="none")[0]
+    assert "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again." in noise["input"]
+
+
+def test_metrics_on_hand_made_predictions():
+    refs = [["1234567"], ["alpha", "beta", "gamma", "delta"]]
+    assert ruler.score("niah_multivalue", ["The number is 1234567.", "Alpha, BETA and nothing"], refs) == 75.0
+    assert ruler.string_match_part(["x", "only DELTA here"], refs) == 50.0
+    assert ruler.score("vt", ["\x00  ABCDE\nFGHIJ", ""], [["abcde", "FGHIJ"], ["KLMNO"]]) == 50.0
+    assert ruler.score("cwe", ["nothing"], [["word"]]) == 0.0
+    with pytest.raises(ValueError):
+        ruler.score("fwe", ["one"], [["a"], ["b"]])
+
+
+def test_bad_task_template_and_length_are_named(tokenizer):
+    with pytest.raises(ConfigError, match="qa_1"):
+        ruler.generate("qa_1", tokenizer, 1024, 1)
+    with pytest.raises(ConfigError, match="chat template"):
+        ruler.generate("vt", tokenizer, 1024, 1, template="chatml")
+    with pytest.raises(ConfigError, match="length"):
+        ruler.generate("vt", tokenizer, 100, 1)
