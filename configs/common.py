@@ -26,6 +26,7 @@ def base_config() -> ml_collections.ConfigDict:
         lengths=(4096, 8192, 16384), methods=("none", "pi", "ntk", "dynamic", "yarn"), split="held_out",
         documents=1, factors="", candidates_per_batch=5, passkey_lengths=(), passkey_methods=("none", "yarn"),
         passkey_trials=10, needle_lengths=(), needle_depths=(0.1, 0.3, 0.5, 0.7, 0.9), needle_trials=2, seed=0,
+        ruler_tasks=(), ruler_lengths=(), ruler_samples=5, ruler_methods=(), ruler_template="none", ruler_seed=42,
         context_parallel=1))
     from longrope_jax.search.space import N_HAT_CHOICES
 

@@ -94,3 +94,74 @@ def test_bad_task_template_and_length_are_named(tokenizer):
         ruler.generate("vt", tokenizer, 1024, 1, template="chatml")
     with pytest.raises(ConfigError, match="length"):
         ruler.generate("vt", tokenizer, 100, 1)
+
+
+def tiny_eval_config(tmp_path, **ruler_settings):
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from configs.tiny import get_config
+    config = get_config()
+    config.eval.lengths = (64,)
+    config.eval.methods = ("none",)
+    config.eval.update(dict(ruler_tasks=("niah_single_1", "fwe"), ruler_lengths=(1024,), ruler_samples=2,
+                            ruler_methods=("none", "yarn")))
+    config.eval.update(ruler_settings)
+    return config
+
+
+def test_decoding_harness_scores_what_the_model_says(monkeypatch):
+    """A model that answers with the reference scores 100, one that answers wrongly 0: the prompt, the EOS cut
+    and the decode are wired to the metric."""
+    import numpy as np
+    from longrope_jax.eval import ruler_eval
+    from longrope_jax.loading import load_model
+
+    model, cfg = load_model(FIXTURE)
+    tok = longrope_jax.load_tokenizer(FIXTURE)
+    samples = ruler.generate("niah_single_1", tok, 512, 2)
+
+    def answering(answer_of):
+        def fake(model, prompt, new_tokens, rope=None):
+            text = tok.decode(np.asarray(prompt[0]).tolist())
+            sample = next(s for s in samples if text.endswith(s["answer_prefix"]))
+            ids = tok.encode(" " + answer_of(sample)).ids + [cfg.eos_token_id] + [5] * new_tokens
+            return np.concatenate([np.asarray(prompt[0]), np.asarray(ids[:new_tokens])])[None]
+        return fake
+
+    monkeypatch.setattr(ruler_eval, "generate", answering(lambda s: s["outputs"][0] + "."))
+    right = ruler_eval.ruler_scores(model, tok, None, "niah_single_1", 512, 2)
+    assert right["score"] == 100.0 and all(r["prediction"].strip().endswith(".") for r in right["records"])
+    monkeypatch.setattr(ruler_eval, "generate", answering(lambda s: "1234"))
+    assert ruler_eval.ruler_scores(model, tok, None, "niah_single_1", 512, 2)["score"] == 0.0
+
+
+def test_evaluate_runs_ruler_cells_resumes_and_plots(tmp_path):
+    from longrope_jax.eval import ruler_eval
+    from longrope_jax.eval.runner import run_evaluation
+
+    results = run_evaluation(tiny_eval_config(tmp_path), tmp_path / "eval")
+    assert set(results["ruler"]) == {"none", "yarn"}
+    for method in ("none", "yarn"):
+        for task in ("niah_single_1", "fwe"):
+            assert 0.0 <= results["ruler"][method][task]["1024"] <= 100.0
+            records = results["ruler_records"][method][task]["1024"]
+            assert len(records) == 2 and all(r["prompt_tokens"] <= 1024 for r in records)
+    assert (tmp_path / "eval" / "ruler.png").exists()
+    # a third sample later: the two decoded ones are reused, only one new sample is decoded
+    calls = []
+    original = ruler_eval.generate
+    try:
+        ruler_eval.generate = lambda *a, **k: calls.append(1) or original(*a, **k)
+        again = run_evaluation(tiny_eval_config(tmp_path, ruler_samples=3), tmp_path / "eval")
+    finally:
+        ruler_eval.generate = original
+    assert len(calls) == 4  # 2 methods x 2 tasks x 1 new sample
+    assert again["ruler_records"]["none"]["fwe"]["1024"][:2] == results["ruler_records"]["none"]["fwe"]["1024"]
+
+
+def test_unknown_ruler_task_fails_before_any_work(tmp_path):
+    from longrope_jax.eval.runner import run_evaluation
+
+    with pytest.raises(ConfigError, match="unknown RULER task"):
+        run_evaluation(tiny_eval_config(tmp_path, ruler_tasks=("niah_single_9",)), tmp_path / "eval")
+    assert not (tmp_path / "eval" / "results.json").exists()

@@ -1,4 +1,5 @@
-"""`experiments.evaluate`: perplexity vs length for several rope methods (+ passkey), resumable, JSON + PNG.
+"""`experiments.evaluate`: perplexity vs length for several rope methods (+ passkey, needle grid, RULER-lite),
+resumable, JSON + PNG.
 
 Results go to `<workdir>/results.json`, rewritten atomically after every (length, document, candidate batch), so
 a killed run resumes where it stopped. Plots: perplexity_vs_length.png, factors.png, passkey.png.
@@ -64,7 +65,7 @@ def _load_results(workdir: Path, config: Any) -> dict:
         # Same path, new contents: the file was overwritten (a newer search). Results of the other methods stand.
         print(f"note: {config.eval.factors} changed since {workdir / RESULTS} was written; its longrope results "
               f"are recomputed", file=sys.stderr)
-        for section in ("nll", "passkey", "passkey_records", "needle"):
+        for section in ("nll", "passkey", "passkey_records", "needle", "ruler", "ruler_records"):
             for by_method in ([results.get(section, {})] if section != "nll" else
                               list(results.get("nll", {}).values())):
                 by_method.pop("longrope", None)
@@ -129,6 +130,14 @@ def run_evaluation(config: Any, workdir: str | Path) -> dict:
         _run_passkey(config, results, workdir, model, cfg, tokenizer)
     if eval_cfg.get("needle_lengths"):
         _run_needle_grid(config, results, workdir, model, cfg, tokenizer)
+    if eval_cfg.get("ruler_tasks"):
+        from longrope_jax.eval.ruler_eval import plot_ruler, run_ruler
+        cells = (len(as_list(eval_cfg.get("ruler_methods") or eval_cfg.passkey_methods)) *
+                 len(as_list(eval_cfg.ruler_tasks)) * len(as_list(eval_cfg.ruler_lengths)))
+        with tqdm(total=cells * int(eval_cfg.ruler_samples), desc="ruler", unit="sample") as bar:
+            run_ruler(config, results, lambda: write_json_atomic(workdir / RESULTS, results), model, cfg, tokenizer,
+                      bar.update)
+        plot_ruler(results["ruler"], workdir / "ruler.png")
     write_json_atomic(workdir / RESULTS, results)
     _plot(results, workdir, cfg, eval_cfg, original, lengths)
     return results
@@ -181,6 +190,13 @@ def _check_retrieval_settings(eval_cfg: Any, cfg) -> None:
             raise ConfigError(f"unknown method {m!r} in eval.passkey_methods; use {', '.join(rope_methods.METHODS)}")
         for length in lengths:
             rope_methods.method_spec(cfg.rope, m, length, eval_cfg.factors or None)
+    from longrope_jax.eval.ruler_eval import check_ruler_settings
+    check_ruler_settings(eval_cfg)
+    for m in as_list(eval_cfg.get("ruler_methods") or eval_cfg.passkey_methods) if eval_cfg.get("ruler_tasks") else []:
+        if m not in rope_methods.METHODS:
+            raise ConfigError(f"unknown method {m!r} in eval.ruler_methods; use {', '.join(rope_methods.METHODS)}")
+        for length in as_list(eval_cfg.ruler_lengths):
+            rope_methods.method_spec(cfg.rope, m, int(length), eval_cfg.factors or None)
     if eval_cfg.get("needle_lengths") and not all(0.0 <= float(d) <= 1.0 for d in as_list(eval_cfg.needle_depths)):
         raise ConfigError(f"eval.needle_depths={eval_cfg.needle_depths}: depths are fractions of the prompt, 0 to 1")
 
