@@ -43,7 +43,7 @@ def base_config() -> ml_collections.ConfigDict:
         verdict_methods=("none", "pi", "ntk", "dynamic", "yarn"), seed_methods=("pi", "ntk", "yarn"),
         seed_scales=(1.0,), verdict_results="", export_target="hf", windows_seed=-1,
         strategy="reference", max_evaluations=0, initial_size=16, per_generation=8, pool_size=256,
-        screen_size=24, elite=8, knots=8, cma_sigma=0.5, ucb_kappa=1.0))
+        screen_size=24, elite=8, knots=8, cma_sigma=0.5, ucb_kappa=1.0, cma_population=0))
     # Fine-tuning (LongRoPE: e.g. 400 steps at 128k then 600 at 256k for Llama-2 7B). mesh = (data, fsdp, tensor,
     # context). long_ratio < 1 mixes short original-RoPE batches in (LongRoPE2 mixed context windows).
     config.finetune = ml_collections.ConfigDict(dict(

@@ -153,3 +153,20 @@ def test_a_state_of_another_strategy_is_refused(tmp_path):
 
 def test_registry_names_every_strategy():
     assert set(STRATEGIES) == {"reference", "surrogate", "cmaes", "multifidelity"}
+
+
+def test_a_strategy_without_a_budget_spends_no_more_than_the_reference_would(tmp_path):
+    from longrope_jax.search.runner import evaluation_budget
+
+    config = tiny(strategy="cmaes", cma_population=10, racing=False, cache=str(tmp_path / "c.sqlite"))
+    summary = run_search(config, tmp_path / "run")
+    reference = summary["budget"]["population"] + summary["budget"]["generations"] * (
+        summary["budget"]["mutants"] + summary["budget"]["crossovers"])
+    search = config.search.copy_and_resolve_references()
+    search.update(summary["budget"])
+    assert evaluation_budget(search) == reference
+    spent = summary["stats"]["doc_evals"] / 2
+    assert reference <= spent <= reference + 10  # one CMA generation past the budget at most
+    assert summary["generations_done"] < summary["budget"]["generations"] + 1  # the budget stopped it
+    search.strategy = "reference"
+    assert evaluation_budget(search) == 0.0  # the reference keeps to its generations

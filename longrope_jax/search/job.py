@@ -74,8 +74,12 @@ STRATEGY_FIELDS = ("strategy", "max_evaluations", "initial_size", "per_generatio
 
 
 def strategy_settings(search_cfg: Any) -> dict:
-    """The settings a non-reference strategy (or an evaluation budget) depends on: part of the state's identity."""
-    return {name: search_cfg.get(name) for name in STRATEGY_FIELDS}
+    """The settings a non-reference strategy (or an evaluation budget) depends on: part of the state's identity
+    (cma_population only when set, so states written before it existed still resume)."""
+    settings = {name: search_cfg.get(name) for name in STRATEGY_FIELDS}
+    if search_cfg.get("cma_population"):
+        settings["cma_population"] = int(search_cfg.cma_population)
+    return settings
 
 
 def windows_seed(search_cfg: Any) -> int:

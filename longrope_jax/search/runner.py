@@ -25,6 +25,18 @@ from longrope_jax.search.strategies import make_strategy
 STATE = "search_state.json"
 
 
+def evaluation_budget(search_cfg: Any) -> float:
+    """Full-evaluation equivalents a search may spend (0: no limit but the generations): search.max_evaluations,
+    or for a strategy other than the reference the reference's own count at these settings (population +
+    generations × (mutants + crossovers)), so that switching strategy never spends more."""
+    if search_cfg.get("max_evaluations"):
+        return float(search_cfg.max_evaluations)
+    if search_cfg.get("strategy", "reference") == "reference":
+        return 0.0
+    return float(int(search_cfg.population) + int(search_cfg.generations) *
+                 (int(search_cfg.mutants) + int(search_cfg.crossovers)))
+
+
 def _ranked(population: list[dict]) -> list[dict]:
     return sorted(population, key=lambda entry: (entry["fitness"], entry["key"]))
 
@@ -51,7 +63,7 @@ def run_generations(evaluator: FitnessEvaluator, space: SearchSpace, seeds: list
                  "stats": {}, "seeds": seed_keys}
     base_key = jax.random.key(int(search_cfg.seed))
     generations = int(search_cfg.generations)
-    budget = float(search_cfg.get("max_evaluations", 0) or 0)
+    budget = evaluation_budget(search_cfg)
     strategy = make_strategy(search_cfg, space)
     num_docs = evaluator.num_documents
     bar = tqdm(total=generations + 1, initial=state["generation"], desc="search", unit="gen")

@@ -31,6 +31,7 @@ RANGES: dict[str, tuple[type, float, float | None, str]] = {
     "knots": (int, 2, None, "8"),
     "cma_sigma": (float, 1e-6, None, "0.5"),
     "ucb_kappa": (float, 0.0, None, "1.0"),
+    "cma_population": (int, 0, None, "0 (= 4 + 3 ln n) or 6"),
 }
 
 

@@ -6,7 +6,8 @@
                  fitted on every evaluation so far (`surrogate`) ranks the pool by mean − κ·std, and only the
                  best `per_generation` are scored.
   cmaes          CMA-ES over the (knots + 1)-dimensional monotone curve family (`curves`), started at the best
-                 seed; each sample is projected onto the space's grid and constraints.
+                 seed; each sample is projected onto the space's grid and constraints. `cma_population` samples
+                 per generation (0: CMA-ES's default 4 + 3 ln n).
   multifidelity  a pool of `screen_size` mutants and crossovers is scored on the first search document only (the
                  cheap fidelity); the best `per_generation` of them are scored on every document.
 
@@ -138,16 +139,17 @@ class CMAStrategy(Strategy):
 
     def __init__(self, space: SearchSpace, search_cfg: Any):
         super().__init__(space, search_cfg)
-        if not 2 <= int(search_cfg.knots) <= space.half_dim:
-            raise ConfigError(f"search.knots={search_cfg.knots} must be in [2, {space.half_dim}] (the model's "
-                              f"frequency pairs); e.g. --config.search.knots=8")
+        # A curve has at most one knot per frequency pair (a tiny test model has 4 pairs).
+        self.knots = min(int(search_cfg.knots), space.half_dim)
+        if int(search_cfg.get("cma_population", 0)) == 1:
+            raise ConfigError("search.cma_population=1 leaves CMA-ES nothing to rank; use 0 (its default) or >= 2")
 
     def _n_hat_of(self, u: float) -> int:
         choices = self.space.n_hat_choices
         return choices[int(np.clip(np.round(u * (len(choices) - 1)), 0, len(choices) - 1))]
 
     def _candidate(self, z: np.ndarray) -> Candidate:
-        knots = int(self.cfg.knots)
+        knots = self.knots
         curve = knot_curve(z[:knots + 1], self.space.half_dim, self.space.lower, self.space.upper)
         n_hat = self._n_hat_of(float(z[knots + 1])) if len(z) > knots + 1 else 0
         return self.space.project(curve, n_hat)
@@ -159,11 +161,11 @@ class CMAStrategy(Strategy):
         strategy = state.setdefault("strategy", {})
         if "cma" not in strategy:
             best = ranked[0]
-            z = fit_knots(best.array, int(self.cfg.knots), self.space.lower, self.space.upper)
+            z = fit_knots(best.array, self.knots, self.space.lower, self.space.upper)
             if len(self.space.n_hat_choices) > 1:
                 z = np.concatenate([z, [self.space.n_hat_choices.index(best.n_hat) /
                                         (len(self.space.n_hat_choices) - 1)]])
-            strategy["cma"] = cma_init(z, float(self.cfg.cma_sigma))
+            strategy["cma"] = cma_init(z, float(self.cfg.cma_sigma), int(self.cfg.get("cma_population", 0)))
         samples = cma_ask(strategy["cma"], operators.numpy_rng(key))
         strategy["samples"] = samples.tolist()
         return [self._candidate(z) for z in samples]
