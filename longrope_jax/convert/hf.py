@@ -1,7 +1,7 @@
 """Hugging Face <-> longrope-jax parameters: safetensors directories in and out, tensor by tensor.
 
 HF stores linear weights as (out, in); we store kernels as (in, out) with a leading layer axis. Phi-3's fused
-qkv_proj / gate_up_proj are split on import and fused again on export.
+qkv_proj / gate_up_proj are split on import and fused again on export; Qwen2's q/k/v biases map one to one.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ _LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 _LINEAR = {"self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight", "self_attn.o_proj.weight",
            "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight"}
 _NORMS = {"input_layernorm.weight", "post_attention_layernorm.weight"}
+_BIASES = {"self_attn.q_proj.bias": "layers/self_attn/q_bias", "self_attn.k_proj.bias": "layers/self_attn/k_bias",
+           "self_attn.v_proj.bias": "layers/self_attn/v_bias"}
 
 
 def _np_dtype(name: str):
@@ -30,20 +32,15 @@ def _np_dtype(name: str):
 
 
 def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Flat '/'-joined parameter paths (as in nnx.state(model).to_pure_dict()) and their shapes."""
-    n, e, i = cfg.num_layers, cfg.hidden_size, cfg.intermediate_size
-    hd, kvd = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
-    shapes = {
-        "embed_tokens": (cfg.vocab_size, e),
-        "layers/self_attn/q_proj": (n, e, hd), "layers/self_attn/k_proj": (n, e, kvd),
-        "layers/self_attn/v_proj": (n, e, kvd), "layers/self_attn/o_proj": (n, hd, e),
-        "layers/mlp/gate_proj": (n, e, i), "layers/mlp/up_proj": (n, e, i), "layers/mlp/down_proj": (n, i, e),
-        "layers/input_layernorm/weight": (n, e), "layers/post_attention_layernorm/weight": (n, e),
-        "norm/weight": (e,),
-    }
-    if not cfg.tie_word_embeddings:
-        shapes["lm_head"] = (e, cfg.vocab_size)
-    return shapes
+    """Flat '/'-joined parameter paths (as in nnx.state(model).to_pure_dict()) and their shapes, read from the
+    NNX module itself (`nnx.eval_shape`: nothing is allocated), so a family's parameters are declared once."""
+    from flax import nnx
+
+    from longrope_jax.model.state import flatten
+    from longrope_jax.model.transformer import abstract_model
+
+    state = nnx.to_pure_dict(nnx.state(abstract_model(cfg), nnx.Param))
+    return {path: tuple(value.shape) for path, value in flatten(state).items()}
 
 
 def _split_fused(cfg: ModelConfig, suffix: str, weight: np.ndarray) -> list[tuple[str, np.ndarray]]:
@@ -100,9 +97,11 @@ def hf_to_params(cfg: ModelConfig, tensors: Iterable[tuple[str, np.ndarray]]) ->
                     put("layers/" + part.removesuffix(".weight").replace(".", "/"), layer, weight.T, name)
                 elif part in _NORMS:
                     put("layers/" + part.replace(".", "/"), layer, weight, name)
+                elif part in _BIASES and cfg.qkv_bias:
+                    put(_BIASES[part], layer, weight, name)
                 else:
                     raise CheckpointError(f"unexpected tensor {name}: not part of a {cfg.architecture} decoder "
-                                          f"(biases and extra modules are not supported)")
+                                          f"(only Qwen2 has biases, on q/k/v; extra modules are not supported)")
         else:
             raise CheckpointError(f"unexpected tensor {name} for architecture {cfg.architecture}")
     missing = [f"{p}[{l}]" if l >= 0 else p for p, shape in shapes.items()
@@ -131,6 +130,9 @@ def params_to_hf(cfg: ModelConfig, params: dict[str, Any]) -> Iterator[tuple[str
                                                                     linear.pop("mlp.up_proj")])
         for part, weight in linear.items():
             yield pre + part + ".weight", np.ascontiguousarray(weight)
+        if cfg.qkv_bias:
+            for hf_name, path in _BIASES.items():
+                yield pre + hf_name, host(params[path][layer])
         for norm in ("input_layernorm", "post_attention_layernorm"):
             yield pre + norm + ".weight", host(params[f"layers/{norm}/weight"][layer])
     yield "model.norm.weight", host(params["norm/weight"])

@@ -1,4 +1,4 @@
-"""`ModelConfig`: the decoder family (Llama-2/3, Mistral, Phi-3, SmolLM2) and its HF config.json round trip."""
+"""`ModelConfig`: the decoder family (Llama-2/3, Mistral, Phi-3, SmolLM2, Qwen2) and its HF config.json round trip."""
 
 from __future__ import annotations
 
@@ -11,7 +11,10 @@ import jax.numpy as jnp
 from longrope_jax.errors import ConfigError
 from longrope_jax.rope import RopeSpec, from_hf_config as rope_from_hf_config
 
-ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "phi3": "Phi3ForCausalLM"}
+ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "phi3": "Phi3ForCausalLM",
+                 "qwen2": "Qwen2ForCausalLM"}
+# Families whose q/k/v projections carry biases (o_proj and the MLP never do).
+QKV_BIAS_ARCHITECTURES = ("qwen2",)
 ATTENTION_IMPLS = ("auto", "reference", "blockwise", "cudnn", "splash")
 REMAT_POLICIES = ("none", "full", "save_attention", "dots_saveable", "nothing_saveable")
 # config.model / ModelConfig settings that choose how a value is computed (kernel, tiles, recompute, vectorisation,
@@ -46,6 +49,7 @@ class ModelConfig:
     rms_norm_eps: float = 1e-5
     tie_word_embeddings: bool = False
     sliding_window: int | None = None
+    qkv_bias: bool = False
     rope: RopeSpec = dataclasses.field(default_factory=RopeSpec)
     bos_token_id: int | None = 1
     eos_token_id: int | None = 2
@@ -79,6 +83,9 @@ class ModelConfig:
         for name in ("dtype", "param_dtype"):
             if getattr(self, name) not in ("float32", "bfloat16", "float16"):
                 raise ConfigError(f"{name}={getattr(self, name)!r}: use float32, bfloat16 or float16")
+        if self.qkv_bias != (self.architecture in QKV_BIAS_ARCHITECTURES):
+            raise ConfigError(f"qkv_bias={self.qkv_bias} does not fit architecture {self.architecture!r} (q/k/v "
+                              f"biases belong to {', '.join(QKV_BIAS_ARCHITECTURES)})")
         if self.rope.head_dim != self.head_dim:
             raise ConfigError(f"rope head_dim {self.rope.head_dim} != model head_dim {self.head_dim}")
 
@@ -96,11 +103,17 @@ class ModelConfig:
     # ------------------------------------------------------------------ Hugging Face round trip
     @classmethod
     def from_hf_config(cls, config: Mapping[str, Any], **overrides: Any) -> "ModelConfig":
-        """From a HF config.json dict (llama, mistral, phi3 model types)."""
+        """From a HF config.json dict (llama, mistral, phi3, qwen2 model types)."""
         model_type = config.get("model_type", "llama")
         if model_type not in ARCHITECTURES:
             raise ConfigError(f"unsupported model_type {model_type!r} in config.json; longrope-jax supports "
-                              f"{sorted(ARCHITECTURES)} (Llama-2/3, Mistral, Phi-3 and their derivatives)")
+                              f"{sorted(ARCHITECTURES)} (Llama-2/3, Mistral, Phi-3, Qwen2 and their derivatives)")
+        if model_type == "qwen2" and config.get("use_sliding_window"):
+            raise ConfigError("config.json: Qwen2 with use_sliding_window=true (sliding attention on some layers "
+                              "only) is not supported; use a model with use_sliding_window=false")
+        if model_type != "qwen2" and (config.get("attention_bias") or config.get("mlp_bias")):
+            raise ConfigError(f"config.json: {model_type} with attention_bias/mlp_bias is not supported (biases on "
+                              f"o_proj and the MLP); only Qwen2's q/k/v biases are")
         missing = [k for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                                "num_attention_heads", "max_position_embeddings") if k not in config]
         if missing:
@@ -124,6 +137,7 @@ class ModelConfig:
             rms_norm_eps=float(config.get("rms_norm_eps", 1e-5)),
             tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
             sliding_window=config.get("sliding_window") if model_type in ("mistral", "phi3") else None,
+            qkv_bias=model_type in QKV_BIAS_ARCHITECTURES,
             rope=rope,
             bos_token_id=config.get("bos_token_id"),
             eos_token_id=eos[0] if isinstance(eos, list) else eos,
@@ -166,6 +180,9 @@ class ModelConfig:
             out["rope_scaling"] = None
         if self.architecture in ("mistral", "phi3"):
             out["sliding_window"] = self.sliding_window
+        if self.architecture == "qwen2":
+            out.pop("attention_bias"), out.pop("mlp_bias")
+            out.update(use_sliding_window=False, sliding_window=None, max_window_layers=self.num_layers)
         return out
 
 

@@ -1,4 +1,4 @@
-"""The decoder (Llama / Mistral / Phi-3 / SmolLM2) as small Flax NNX modules.
+"""The decoder (Llama / Mistral / Phi-3 / SmolLM2 / Qwen2) as small Flax NNX modules.
 
 Parameters are stored as (in, out) kernels and carry logical axis names in the `logical_axes` metadata; the
 sharding rules table maps those names to mesh axes. Layers are stacked (leading "layers" axis) and run with
@@ -56,16 +56,27 @@ class Attention(nnx.Module):
         self.k_proj = _param(rngs, (e, kv * d), ("embed", "kv_heads"), dt, std)
         self.v_proj = _param(rngs, (e, kv * d), ("embed", "kv_heads"), dt, std)
         self.o_proj = _param(rngs, (h * d, e), ("q_heads", "embed"), dt, (h * d) ** -0.5)
+        if cfg.qkv_bias:  # Qwen2
+            self.q_bias = _param(rngs, (h * d,), ("q_heads",), dt, 0.02)
+            self.k_bias = _param(rngs, (kv * d,), ("kv_heads",), dt, 0.02)
+            self.v_bias = _param(rngs, (kv * d,), ("kv_heads",), dt, 0.02)
         self.cfg = cfg
+
+    def _project(self, x: jax.Array, name: str, heads: int) -> jax.Array:
+        b, l, _ = x.shape
+        out = x @ getattr(self, f"{name}_proj")[...].astype(x.dtype)
+        if self.cfg.qkv_bias:
+            out = out + getattr(self, f"{name}_bias")[...].astype(x.dtype)
+        return out.reshape(b, l, heads, self.cfg.head_dim)
 
     def __call__(self, x: jax.Array, positions: jax.Array, rope: RopeInputs, cache: KVCache | None = None,
                  context: ContextParallel | None = None) -> tuple[jax.Array, KVCache | None]:
         cfg = self.cfg
         b, l, _ = x.shape
         dt = x.dtype
-        q = (x @ self.q_proj[...].astype(dt)).reshape(b, l, cfg.num_heads, cfg.head_dim)
-        k = (x @ self.k_proj[...].astype(dt)).reshape(b, l, cfg.num_kv_heads, cfg.head_dim)
-        v = (x @ self.v_proj[...].astype(dt)).reshape(b, l, cfg.num_kv_heads, cfg.head_dim)
+        q = self._project(x, "q", cfg.num_heads)
+        k = self._project(x, "k", cfg.num_kv_heads)
+        v = self._project(x, "v", cfg.num_kv_heads)
         cos, sin = rope_cos_sin(positions, rope)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if context is not None and cache is None:
