@@ -5,10 +5,10 @@
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from longrope_jax.cli import run_main
+from longrope_jax.cli import run_app, run_main
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/mini_pretrain.py", "ml_collections config file")
 _WORKDIR = flags.DEFINE_string("workdir", None, "checkpoints, metrics and validation logs; default runs/<name>")
@@ -38,4 +38,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_app(main)

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import json
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from longrope_jax.cli import run_main
+from longrope_jax.cli import run_app, run_main
 from longrope_jax.distributed import initialize_distributed
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/smollm2_135m.py", "ml_collections config file")
@@ -37,4 +37,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_app(main)

@@ -10,10 +10,10 @@ summary.json, fitness.png, factors.png) go to experiments/results/<name>.
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from longrope_jax.cli import run_main
+from longrope_jax.cli import run_app, run_main
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/mini.py:bench", "ml_collections config file")
 _RATIO = flags.DEFINE_integer("ratio", 8, "target length = ratio × the model's native length")
@@ -54,4 +54,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_app(main)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import sys
+import traceback
 from typing import Callable
 
 from longrope_jax.errors import LongRopeError
@@ -19,6 +21,10 @@ def run_main(main: Callable[[], int | None]) -> None:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
     except OSError as err:  # a read-only workdir, a full disk: the path and the cause, not a traceback
+        if err.errno == errno.ENOENT or "No such file" in str(err):
+            print(f"error: {err.filename + ': ' if err.filename else ''}no such file or directory ({err}); check "
+                  f"the path", file=sys.stderr)
+            sys.exit(1)
         where = f"{err.filename}: " if err.filename else ""
         print(f"error: {where}{err.strerror or err}; check that the path is writable and the disk has room, then "
               f"rerun the same command to resume", file=sys.stderr)
@@ -27,3 +33,43 @@ def run_main(main: Callable[[], int | None]) -> None:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         sys.exit(130)
     sys.exit(code or 0)
+
+
+def run_app(main: Callable[[list[str]], None]) -> None:
+    """`absl.app.run(main)`, with a --config.* override naming a field the config lacks reported as one line."""
+    from absl import app
+
+    try:
+        app.run(main)
+    except AttributeError as err:
+        flag = _unknown_config_flag(err)
+        if flag is None:
+            raise
+        field, suggestion = _field_and_suggestion(err)
+        hint = f"did you mean {suggestion!r}?" if suggestion else "check its spelling against the config file"
+        print(f"error: {flag}: the config has no field {field!r}; {hint} (--helpfull lists every --config.* "
+              f"flag)", file=sys.stderr)
+        sys.exit(1)
+
+
+def _field_and_suggestion(err: AttributeError) -> tuple[str, str | None]:
+    """The missing field ml_collections names in `err`, and the field it suggests instead, if any."""
+    import re
+
+    text = str(err).replace("\\", "")
+    field = re.search(r"'([^']+)'", text)
+    suggestion = re.search(r'Did you mean "([^"]+)"', text)
+    return (field.group(1) if field else text.strip("\"'")), (suggestion.group(1) if suggestion else None)
+
+
+def _unknown_config_flag(err: AttributeError) -> str | None:
+    """The --config.* flag naming a field the config lacks, when `err` came from applying config overrides."""
+    frames = traceback.extract_tb(err.__traceback__)
+    if not any("ml_collections" in frame.filename for frame in frames):
+        return None
+    field = _field_and_suggestion(err)[0]
+    for arg in sys.argv[1:]:
+        name = arg.split("=", 1)[0]
+        if name.startswith("--config.") and field in name.split("."):
+            return name
+    return "a --config.* flag"

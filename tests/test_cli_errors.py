@@ -1,0 +1,29 @@
+"""Every CLI: a misspelt --config.* field and a missing config file each give one `error:` line and exit 1."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("cli", ["search", "evaluate", "extend", "finetune", "pretrain", "search_bench"])
+def test_unknown_config_field_is_one_line_naming_the_flag(cli, tmp_path):
+    done = subprocess.run([sys.executable, "-m", f"experiments.{cli}", "--config", "configs/tiny.py",
+                           "--config.search.populaton=8", "--workdir", str(tmp_path / "w")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: --config.search.populaton: the config has no field 'populaton'; did you "
+                                "mean 'population'?")
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "w").exists()
+
+
+def test_missing_config_file_is_one_line():
+    done = subprocess.run([sys.executable, "-m", "experiments.search", "--config", "configs/nothere.py"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    assert "no such file" in done.stderr and "Traceback" not in done.stderr and "writable" not in done.stderr
