@@ -31,7 +31,9 @@ def base_config() -> ml_collections.ConfigDict:
     from longrope_jax.search.space import N_HAT_CHOICES
 
     # Reference LongRoPE search: population 64, 40 generations, 16 mutants + 16 crossovers from the top 32.
-    # evo_scale multiplies population/generations/parents/mutants/crossovers for small budgets. export_target
+    # evo_scale multiplies population/generations/parents/mutants/crossovers for small budgets. strategy "cmaes"
+    # (the default; benchmarks/search_efficiency.py) spends at most that budget's evaluations, "reference" is the
+    # published genetic algorithm (see longrope_jax/search/strategies.py for all four). export_target
     # (hf, gguf, longrope_jax) is what will serve the result: n̂ is searched only for longrope_jax, whose loader
     # applies it (transformers and llama.cpp ignore it).
     config.search = ml_collections.ConfigDict(dict(
@@ -42,7 +44,7 @@ def base_config() -> ml_collections.ConfigDict:
         fitness="perplexity", data_parallel=1, context_parallel=1,
         verdict_methods=("none", "pi", "ntk", "dynamic", "yarn"), seed_methods=("pi", "ntk", "yarn"),
         seed_scales=(1.0,), verdict_results="", export_target="hf", windows_seed=-1,
-        strategy="reference", max_evaluations=0, initial_size=16, per_generation=8, pool_size=256,
+        strategy="cmaes", max_evaluations=0, initial_size=16, per_generation=8, pool_size=256,
         screen_size=24, elite=8, knots=8, cma_sigma=0.5, ucb_kappa=1.0, cma_population=0))
     # Fine-tuning (LongRoPE: e.g. 400 steps at 128k then 600 at 256k for Llama-2 7B). mesh = (data, fsdp, tensor,
     # context). long_ratio < 1 mixes short original-RoPE batches in (LongRoPE2 mixed context windows).

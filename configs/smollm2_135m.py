@@ -16,8 +16,9 @@ def get_config(variant: str = ""):
     config.pipeline.final_target = 16384
     config.pipeline.short_length = 8192
     config.pipeline.short_evo_scale = 0.5
+    # 2 generations of 4 CMA-ES samples after the 3 seeds (11 evaluations at 16k, ~2.5 min each on 2 cores).
     config.search.update(dict(population=6, generations=2, parents=3, mutants=2, crossovers=2, documents=1,
-                              batch_size=2))
+                              batch_size=2, cma_population=4))
     config.finetune.update(dict(steps=2, warmup_steps=1, seq_len=16384, checkpoint_every=1))
     # Recompute each layer in the backward but keep the blockwise attention output (fine-tuning at 16k on CPU).
     config.model.remat = "save_attention"

@@ -86,8 +86,11 @@ def tiny(**search):
 
 
 def test_racing_returns_the_same_result_as_full_evaluation(tmp_path):
-    raced = run_search(tiny(racing=True, cache=str(tmp_path / "a.sqlite"), documents=3), tmp_path / "raced")
-    full = run_search(tiny(racing=False, cache=str(tmp_path / "b.sqlite"), documents=3), tmp_path / "full")
+    # Exactness is a property of the reference GA, whose selection only compares complete scores.
+    raced = run_search(tiny(racing=True, cache=str(tmp_path / "a.sqlite"), documents=3, strategy="reference"),
+                       tmp_path / "raced")
+    full = run_search(tiny(racing=False, cache=str(tmp_path / "b.sqlite"), documents=3, strategy="reference"),
+                      tmp_path / "full")
     assert json.loads((tmp_path / "raced" / "factors.json").read_text())["long_factor"] == \
         json.loads((tmp_path / "full" / "factors.json").read_text())["long_factor"]
     assert raced["best_perplexity"] == pytest.approx(full["best_perplexity"], rel=1e-6)
@@ -116,32 +119,34 @@ def test_cache_serves_a_second_run_without_any_evaluation(tmp_path):
 
 
 def test_cache_never_serves_another_models_scores(tmp_path):
-    """Models that differ in a width or in one projection's values share no cached score and no search state."""
+    """Models that differ in a width or in one projection's values share no cached score and no search state.
+
+    (The reference GA never proposes a candidate twice, so any cache hit here would be another model's score.)"""
     from longrope_jax.loading import load_from_config
     from longrope_jax.search.fitness import model_identity
 
     cache = str(tmp_path / "shared.sqlite")
-    narrow = tiny(cache=cache, verdict_documents=0)
+    narrow = tiny(cache=cache, verdict_documents=0, strategy="reference")
     first = run_search(narrow, tmp_path / "narrow")
     assert first["stats"]["cache_hits"] == 0
-    wide = tiny(cache=cache, verdict_documents=0)
+    wide = tiny(cache=cache, verdict_documents=0, strategy="reference")
     wide.model.tiny.intermediate_size = 96
     assert run_search(wide, tmp_path / "wide")["stats"]["cache_hits"] == 0
     model, cfg, tokenizer = load_from_config(narrow.model)
     before = model_identity(model)
     model.layers.mlp.down_proj[...] = model.layers.mlp.down_proj[...] * 0.0
     assert model_identity(model) != before
-    zeroed = run_search(tiny(cache=cache, verdict_documents=0), tmp_path / "zeroed", model_bundle=(model, cfg,
+    zeroed = run_search(tiny(cache=cache, verdict_documents=0, strategy="reference"), tmp_path / "zeroed", model_bundle=(model, cfg,
                                                                                                    tokenizer))
     assert zeroed["stats"]["cache_hits"] == 0 and zeroed["best_perplexity"] != first["best_perplexity"]
     # The same model again is served from the cache, and an old state file without a version is refused.
-    assert run_search(tiny(cache=cache, verdict_documents=0), tmp_path / "again")["stats"]["doc_evals"] == 0
+    assert run_search(tiny(cache=cache, verdict_documents=0, strategy="reference"), tmp_path / "again")["stats"]["doc_evals"] == 0
     state_file = tmp_path / "narrow" / "search_state.json"
     state = json.loads(state_file.read_text())
     state["fingerprint"].pop("version")
     state_file.write_text(json.dumps(state))
     with pytest.raises(ConfigError, match="another longrope-jax version"):
-        run_search(tiny(cache=cache, verdict_documents=0), tmp_path / "narrow")
+        run_search(tiny(cache=cache, verdict_documents=0, strategy="reference"), tmp_path / "narrow")
 
 
 @pytest.mark.parametrize("vmap_width", [0, 3])

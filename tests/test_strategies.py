@@ -170,3 +170,16 @@ def test_a_strategy_without_a_budget_spends_no_more_than_the_reference_would(tmp
     assert summary["generations_done"] < summary["budget"]["generations"] + 1  # the budget stopped it
     search.strategy = "reference"
     assert evaluation_budget(search) == 0.0  # the reference keeps to its generations
+
+
+@pytest.mark.parametrize("strategy", ["cmaes", "multifidelity"])
+def test_a_rerun_over_a_warm_cache_takes_the_same_path_for_free(tmp_path, strategy):
+    def config():
+        return tiny(strategy=strategy, max_evaluations=20, generations=1000, documents=2, screen_size=8,
+                    per_generation=4, elite=4, initial_size=6, cache=str(tmp_path / "shared.sqlite"))
+
+    first = run_search(config(), tmp_path / "one")
+    second = run_search(config(), tmp_path / "two")
+    assert second["stats"]["doc_evals"] == 0
+    assert [h["best"] for h in second["history"]] == [h["best"] for h in first["history"]]
+    assert [h["cost"] for h in second["history"]] == [h["cost"] for h in first["history"]]

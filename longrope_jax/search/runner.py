@@ -72,8 +72,10 @@ def run_generations(evaluator: FitnessEvaluator, space: SearchSpace, seeds: list
         write_json_atomic(workdir / STATE, state)
 
     def spent() -> float:
-        """Full-evaluation equivalents so far: documents scored / documents per candidate (cache hits are free)."""
-        return state["stats"].get("doc_evals", 0) / num_docs
+        """Full-evaluation equivalents so far: the documents known for every distinct candidate / documents per
+        candidate. In a fresh run this is documents scored / D; documents a warm cache serves count the same, so
+        a rerun over a filled cache takes the same path and stops at the same point."""
+        return sum(len(e["nll"]) for e in state.get("archive", [])) / num_docs
 
     while state["generation"] <= generations and not (budget and spent() >= budget):
         generation = state["generation"]
@@ -104,15 +106,17 @@ def run_generations(evaluator: FitnessEvaluator, space: SearchSpace, seeds: list
         delta = {k: evaluator.stats[k] - before.get(k, 0) for k in evaluator.stats}
         delta["seconds"] = time.perf_counter() - started
         in_population = {e["key"] for e in state["population"]}
-        archived = {e["key"] for e in state.setdefault("archive", [])}
+        archived = {e["key"]: e for e in state.setdefault("archive", [])}
         for cand_key, candidate in {space.key(c): c for c in pending}.items():
             nll = results[cand_key]
             entry = {"key": cand_key, "candidate": candidate.to_dict(), "nll": nll,
                      "fitness": perplexity_of(nll, num_docs)}
-            if cand_key not in in_population:
+            if cand_key not in in_population:  # a candidate proposed again keeps its first entry
                 state["population"].append(entry)
             if cand_key not in archived:
                 state["archive"].append({"key": cand_key, "candidate": entry["candidate"], "nll": nll})
+            elif len(nll) > len(archived[cand_key]["nll"]):
+                archived[cand_key]["nll"] = nll
         state.setdefault("seen", [])
         state["seen"] = sorted(set(state["seen"]) | {space.key(c) for c in pending})
         strategy.observe(pending, results, state, num_docs)
