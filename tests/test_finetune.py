@@ -190,3 +190,24 @@ def test_bad_finetune_settings_fail_before_anything_is_written(tmp_path, field, 
     with pytest.raises(ConfigError, match=f"finetune.{field}={value!r} must be"):
         run_finetune(config, tmp_path / "w")
     assert not (tmp_path / "w").exists()
+
+
+def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous_one(tmp_path):
+    clean = subprocess.run(finetune_command(tmp_path / "clean"), cwd=ROOT, capture_output=True, text=True,
+                           timeout=600)
+    assert clean.returncode == 0, clean.stderr
+    first = subprocess.run(finetune_command(tmp_path / "run", "--config.finetune.stop_after=8"), cwd=ROOT,
+                           capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr
+    newest = tmp_path / "run" / "checkpoints" / "8"
+    damaged = [f for f in (newest / "params").rglob("*") if f.is_file() and f.stat().st_size > 64]
+    assert damaged
+    for f in damaged:  # a save cut short: every params file truncated
+        f.write_bytes(f.read_bytes()[: f.stat().st_size // 3])
+    resumed = subprocess.run(finetune_command(tmp_path / "run"), cwd=ROOT, capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "warning: checkpoint at step 8" in resumed.stderr and "falling back to step 4" in resumed.stderr
+    assert "resuming fine-tuning at step 4 of 14" in resumed.stdout + resumed.stderr
+    want = [(r["step"], r["loss"]) for r in read_metrics(tmp_path / "clean" / "metrics.jsonl")]
+    assert [(r["step"], r["loss"]) for r in read_metrics(tmp_path / "run" / "metrics.jsonl")] == want

@@ -9,6 +9,7 @@ fingerprint; a run restores onto any mesh and continues with identical losses.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -128,9 +129,24 @@ class Trainer:
             meta=ocp.args.JsonSave(meta)), force=True)
 
     def restore_latest(self, iterators: dict) -> bool:
-        step = self.manager.latest_step()
-        if step is None:
-            return False
+        """Restores the newest readable checkpoint; one that cannot be read (truncated, bit-flipped) is reported,
+        deleted and the one before it used, so a crash during a save costs at most `checkpoint_every` steps."""
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                self._restore(step, iterators)
+                return True
+            except CheckpointError:
+                raise  # settings changed: not a damaged file
+            except Exception as err:  # Orbax / tensorstore raise their own types for unreadable files
+                older = [s for s in self.manager.all_steps() if s < step]
+                print(f"warning: checkpoint at step {step} in {self.workdir / 'checkpoints'} is unreadable "
+                      f"({type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''}); "
+                      + (f"falling back to step {max(older)}" if older else "starting from step 0"),
+                      file=sys.stderr, flush=True)
+                self.manager.delete(step)
+        return False
+
+    def _restore(self, step: int, iterators: dict) -> None:
         meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
         # Checkpoints written before a setting counted as speed-only still recorded it: compare without them.
         saved = {**meta["fingerprint"], "model": without_speed_settings(meta["fingerprint"].get("model", {}))}
@@ -148,7 +164,6 @@ class Trainer:
             opt_state=ocp.args.StandardRestore(abstract(self.opt_state))))
         self.params, self.opt_state, self.step = restored["params"], restored["opt_state"], int(meta["step"])
         train_data.restore_iterators(iterators, meta["data"])
-        return True
 
     # ------------------------------------------------------------------ loop
     def run(self, iterators: dict, metrics_path: Path) -> list[dict]:
