@@ -27,3 +27,14 @@ def test_missing_config_file_is_one_line():
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 1
     assert "no such file" in done.stderr and "Traceback" not in done.stderr and "writable" not in done.stderr
+
+
+def test_a_corrupt_fitness_cache_is_one_line_naming_it(tmp_path):
+    bad = tmp_path / "cache.sqlite"
+    bad.write_bytes(bytes(range(256)) * 20)
+    done = subprocess.run([sys.executable, "-m", "experiments.search", "--config", "configs/tiny.py",
+                           f"--config.search.cache={bad}", "--workdir", str(tmp_path / "w")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1].startswith(f"error: fitness cache {bad} is unreadable")
+    assert "Traceback" not in done.stderr

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from longrope_jax.errors import ConfigError
+from longrope_jax.errors import CheckpointError, ConfigError
 from longrope_jax.eval.perplexity import map_candidates, resolve_vmap_width
 from longrope_jax.model.context import ContextParallel, context_parallel
 from longrope_jax.model.loss import sequence_nll
@@ -55,8 +55,13 @@ class FitnessCache:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.namespace = namespace
-        with sqlite3.connect(self.path) as db:
-            db.execute("CREATE TABLE IF NOT EXISTS fitness (key TEXT PRIMARY KEY, nll TEXT NOT NULL)")
+        try:
+            with sqlite3.connect(self.path) as db:
+                db.execute("CREATE TABLE IF NOT EXISTS fitness (key TEXT PRIMARY KEY, nll TEXT NOT NULL)")
+                db.execute("SELECT COUNT(*) FROM fitness").fetchone()
+        except sqlite3.DatabaseError as err:
+            raise CheckpointError(f"fitness cache {self.path} is unreadable ({err}); delete it (scores are "
+                                  f"recomputed) or point search.cache elsewhere") from None
 
     def _key(self, candidate_key: str) -> str:
         return hashlib.sha256(f"{self.namespace}|{candidate_key}".encode()).hexdigest()
