@@ -56,6 +56,19 @@ def _comparable(fingerprint: dict) -> dict:
                    if isinstance(section, dict) else section) for name, section in fingerprint.items()}
 
 
+def _check_targets(pipeline: Any, original: int) -> None:
+    """The pipeline's lengths against each other and the model's native length, before any stage runs."""
+    first, final, short = int(pipeline.first_target), int(pipeline.final_target), int(pipeline.short_length or 0)
+    if first <= original:
+        raise ConfigError(f"pipeline.first_target={first} must exceed the model's native length {original} (the "
+                          f"first search extends it); e.g. --config.pipeline.first_target={2 * original}")
+    if final < first:
+        raise ConfigError(f"pipeline.final_target={final} is below pipeline.first_target={first}; set it to at "
+                          f"least {first}")
+    if short < 0 or short > original:
+        raise ConfigError(f"pipeline.short_length={short} must be in [0, {original}] (0: the native length)")
+
+
 class Pipeline:
     def __init__(self, config: Any, workdir: str | Path):
         self.config, self.workdir = config, Path(workdir)
@@ -96,7 +109,17 @@ class Pipeline:
         write_json_atomic(self.workdir / MANIFEST, self.manifest)
         print(f"[{stage}] {'resuming where it stopped' if entry else 'running'}", flush=True)
         start = time.time()
-        outputs = body(self.workdir / stage)
+        try:
+            outputs = body(self.workdir / stage)
+        except ConfigError:
+            # Bad settings found inside the stage: forget the attempt, so the corrected command starts it afresh
+            # instead of being refused for "different settings".
+            if entry is None:
+                self.manifest["stages"].pop(stage, None)
+            else:
+                self.manifest["stages"][stage] = entry
+            write_json_atomic(self.workdir / MANIFEST, self.manifest)
+            raise
         seconds = time.time() - start + float((entry or {}).get("seconds", 0))
         self.manifest["stages"][stage] = {"status": "done", "fingerprint": fingerprint, "outputs": outputs,
                                           "seconds": seconds}
@@ -132,6 +155,7 @@ class Pipeline:
         first, final = int(p.first_target), int(p.final_target)
         base_model, base_cfg, _ = self._base_bundle()
         original = base_cfg.rope.original_length
+        _check_targets(p, original)
         long_factors = None  # path of the current long rope_scaling.json
         if "search_long" in self.enabled:
             out = self._run_stage("search_long", {}, lambda d: {"rope_scaling": str(d / "rope_scaling.json"),

@@ -38,3 +38,17 @@ def test_a_corrupt_fitness_cache_is_one_line_naming_it(tmp_path):
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1].startswith(f"error: fitness cache {bad} is unreadable")
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--config.pipeline.first_target=0", "error: pipeline.first_target=0 must exceed the model's native length 64"),
+    ("--config.search.population=0", "error: search.population=0 must be an integer >= 2"),
+])
+def test_pipeline_bad_settings_leave_no_stage_half_started(tmp_path, flag, message):
+    done = subprocess.run([sys.executable, "-m", "experiments.extend", "--config", "configs/tiny.py", flag,
+                           "--workdir", str(tmp_path / "w")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and done.stderr.strip().splitlines()[-1].startswith(message), done.stderr
+    manifest = tmp_path / "w" / "manifest.json"
+    if manifest.exists():  # a corrected command must not be refused for "different settings"
+        import json
+        assert all(e["status"] != "running" for e in json.loads(manifest.read_text())["stages"].values())
