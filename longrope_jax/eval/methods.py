@@ -42,6 +42,16 @@ def read_factors(path: str | Path, half_dim: int | None = None) -> dict:
                           f"with one number per line") from err
     if not isinstance(data, dict) or "long_factor" not in data:
         raise ConfigError(f"factor file {path} has no 'long_factor'; expected a HF rope_scaling block or CSV")
+    if data.get("rope_type", data.get("type", "longrope")) not in ("longrope", "su"):
+        raise ConfigError(f"factor file {path} has rope_type {data.get('rope_type', data.get('type'))!r}; a factor "
+                          f"file is a longrope rope_scaling block (rope_type 'longrope') or a bare factor list")
+    for field in ("long_factor", "short_factor"):
+        values = data.get(field)
+        if values is None and field == "short_factor":
+            continue
+        if not isinstance(values, (list, tuple)) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            raise ConfigError(f"factor file {path}: {field} must be a list of numbers, got {str(values)[:60]!r}")
     if half_dim is not None:
         if len(data["long_factor"]) != half_dim:
             raise ConfigError(f"factor file {path} has {len(data['long_factor'])} long factors but this model needs "
