@@ -15,8 +15,6 @@ compared with the separate ones (`max_abs_nll_diff_vs_separate`, the correctness
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import time
 
 import jax
@@ -28,6 +26,7 @@ from longrope_jax.eval.perplexity import PerplexityEvaluator, stack_ropes
 from longrope_jax.io import write_json_atomic
 from longrope_jax.loading import load_model
 from longrope_jax.rope import longrope_inputs, rope_inputs
+from benchmarks.machine import machine
 
 
 def _timed(fn, repeats: int) -> tuple[float, np.ndarray]:
@@ -83,8 +82,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
               f"{r['speed_vs_separate']:.2f}x | {r['max_abs_nll_diff_vs_separate']:.1e} |")
     write_json_atomic(args.out, {"length": args.length, "candidates": args.candidates, "repeats": args.repeats,
                                  "backend": jax.default_backend(),
-                                 "machine": {"cpus": os.cpu_count(), "processor": platform.processor(),
-                                             "load_avg_at_end": os.getloadavg()},
+                                 "machine": machine(),
                                  "rows": rows})
     return rows
 

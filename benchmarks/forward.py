@@ -25,12 +25,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
+from benchmarks.machine import machine
 
 GB = 1024 ** 3
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "forward.json"
@@ -239,8 +239,7 @@ def main(argv: list[str] | None = None) -> None:
               f"{_fmt(r['ours_compile_s'], '9.1f')}")
 
     report = {"model": "SmolLM2-135M (GGUF, dequantised to float32)", "text": "Emma, first L tokens",
-              "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                          "load_avg_at_end": os.getloadavg()},
+              "machine": machine(),
               "torch_call": "model(input_ids, labels=input_ids) under torch.no_grad(), sdpa attention, full logits",
               "ours_call": "jax.jit(sequence_nll(model, tokens).mean()), blockwise attention, chunked LM head",
               "rows": rows, "runs": {impl: {str(k): v for k, v in r.items()} for impl, r in runs.items()}}

@@ -25,12 +25,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 from pathlib import Path
 
 import numpy as np
+from benchmarks.machine import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_STRATEGIES = ("reference", "surrogate", "cmaes", "multifidelity")
@@ -200,8 +199,7 @@ def main(argv: list[str] | None = None) -> dict:
                 summary = summarize(rows, args.tolerance)
                 write_json_atomic(out_path, {
                     "default_strategy": _default_strategy(), "settings": settings, "summary": summary,
-                    "rows": rows, "machine": {"cpus": os.cpu_count(),
-                                              "processor": platform.processor() or platform.machine()},
+                    "rows": rows, "machine": machine(),
                     "command": "python -m benchmarks.search_efficiency " + " ".join(argv or sys.argv[1:])})
     summary = summarize(rows, args.tolerance)
     result = read_json(out_path, default={})
