@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
+from longrope_jax.progress import tqdm
 
 from longrope_jax.data.documents import first_documents
 from longrope_jax.data.sources import load_token_documents, text_source

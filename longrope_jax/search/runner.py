@@ -14,7 +14,7 @@ from typing import Any
 
 import jax
 import numpy as np
-from tqdm import tqdm
+from longrope_jax.progress import tqdm
 
 from longrope_jax.errors import ConfigError
 from longrope_jax.io import read_json, write_json_atomic

@@ -20,7 +20,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding, PartitionSpec
-from tqdm import tqdm
+from longrope_jax.progress import tqdm
 
 from longrope_jax.errors import CheckpointError, ConfigError
 from longrope_jax.model.config import ModelConfig, config_to_dict, without_speed_settings
