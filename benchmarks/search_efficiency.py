@@ -185,6 +185,7 @@ def main(argv: list[str] | None = None) -> dict:
     settings = {"budget_fraction": args.budget_fraction, "tolerance": args.tolerance}
     rows = [r for r in previous.get("rows", []) if previous.get("settings") == settings]
     done = {(r["strategy"], r["ratio"], r["seed"]) for r in rows}
+    default_strategy = _default_strategy()
     for ratio in ratios:
         for strategy in strategies:
             for seed in ([int(references[ratio]["search_seed"])] if strategy == "reference" else seeds):
@@ -198,7 +199,7 @@ def main(argv: list[str] | None = None) -> dict:
                       flush=True)
                 summary = summarize(rows, args.tolerance)
                 write_json_atomic(out_path, {
-                    "default_strategy": _default_strategy(), "settings": settings, "summary": summary,
+                    "default_strategy": default_strategy, "settings": settings, "summary": summary,
                     "rows": rows, "machine": machine(),
                     "command": "python -m benchmarks.search_efficiency " + " ".join(argv or sys.argv[1:])})
     summary = summarize(rows, args.tolerance)

@@ -102,7 +102,7 @@ METRICS = {"niah": string_match_all, "variable_tracking": string_match_all,
            "common_words_extraction": string_match_all, "freq_words_extraction": string_match_all}
 
 
-def _task(task: str) -> dict[str, Any]:
+def task_args(task: str) -> dict[str, Any]:
     if task not in TASKS:
         raise ConfigError(f"unknown RULER task {task!r}; use some of {', '.join(TASKS)} (qa_1 and qa_2 need "
                           f"SQuAD/HotpotQA, which are not shipped)")
@@ -113,7 +113,7 @@ def score(task: str, predictions: list[str], references: list[list[str]]) -> flo
     """RULER's metric for `task` (string_match_all for every task here) on cleaned predictions, 0-100."""
     if len(predictions) != len(references) or not predictions:
         raise ValueError(f"{len(predictions)} predictions for {len(references)} references; give one per sample")
-    return METRICS[_task(task)["kind"]]([_clean(p) for p in predictions], references)
+    return METRICS[task_args(task)["kind"]]([_clean(p) for p in predictions], references)
 
 
 def generate(task: str, tokenizer, length: int, num_samples: int, seed: int = 42, template: str = "none"
@@ -122,7 +122,7 @@ def generate(task: str, tokenizer, length: int, num_samples: int, seed: int = 42
     `seed`; `tokenizer` is what `longrope_jax.load_tokenizer` returns (anything with encode(text).ids)."""
     from longrope_jax.eval import ruler_tasks
 
-    args = _task(task)
+    args = task_args(task)
     if template not in CHAT_TEMPLATES:
         raise ConfigError(f"unknown chat template {template!r}; use one of {', '.join(CHAT_TEMPLATES)}")
     if int(length) < 256 or int(num_samples) < 1:
@@ -137,8 +137,7 @@ def generate(task: str, tokenizer, length: int, num_samples: int, seed: int = 42
         return len(tokenizer.encode(text).ids)
 
     make = getattr(ruler_tasks, args["kind"])
-    samples = make(full, count, int(length), int(num_samples), int(seed), to_generate, args,
-                   task_template=task_template)
+    samples = make(full, count, int(length), int(num_samples), int(seed), to_generate, args)
     prefix_start = TEMPLATES[args["kind"]][1][:10]
     out = []
     for index, (text, outputs, tokens) in enumerate(samples):

@@ -55,6 +55,12 @@ def ruler_scores(model: Transformer, tokenizer, spec: RopeSpec | None, task: str
     return {"score": value, "task": task, "length": int(length), "samples": int(samples), "records": records}
 
 
+def ruler_methods(eval_cfg: Any) -> list[str]:
+    """The rope methods RULER-lite runs: eval.ruler_methods, or the passkey methods when that is empty."""
+    from longrope_jax.settings import as_list
+    return as_list(eval_cfg.get("ruler_methods") or eval_cfg.passkey_methods)
+
+
 def run_ruler(config: Any, results: dict, save: Callable[[], None], model: Transformer, cfg, tokenizer,
               progress: Callable[[int], None] | None = None) -> None:
     """results["ruler"][method][task][length] = score, for every configured cell not yet in results."""
@@ -62,7 +68,7 @@ def run_ruler(config: Any, results: dict, save: Callable[[], None], model: Trans
     from longrope_jax.settings import as_list
 
     eval_cfg = config.eval
-    methods = as_list(eval_cfg.get("ruler_methods") or eval_cfg.passkey_methods)
+    methods = ruler_methods(eval_cfg)
     table = results.setdefault("ruler", {})
     store = results.setdefault("ruler_records", {})
     settings = {"samples": int(eval_cfg.ruler_samples), "template": eval_cfg.ruler_template,
@@ -99,7 +105,7 @@ def check_ruler_settings(eval_cfg: Any) -> None:
     from longrope_jax.settings import as_list
 
     for task in as_list(eval_cfg.get("ruler_tasks", ())):
-        ruler._task(task)
+        ruler.task_args(task)
     if eval_cfg.get("ruler_tasks") and eval_cfg.ruler_template not in ruler.CHAT_TEMPLATES:
         raise ConfigError(f"eval.ruler_template={eval_cfg.ruler_template!r}: use one of "
                           f"{', '.join(ruler.CHAT_TEMPLATES)}")

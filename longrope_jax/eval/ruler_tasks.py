@@ -98,7 +98,7 @@ def _fit(make: Callable[[int], tuple[str, list[str]]], count: Counter, size: int
 
 
 def niah(template: str, count: Counter, length: int, num_samples: int, seed: int, to_generate: int,
-         args: dict[str, Any], task_template: str = "") -> list[Sample]:
+         args: dict[str, Any]) -> list[Sample]:
     rng = random.Random(seed)
     num_keys = max(args["keys"], args["queries"])
     kind_v = args["value"]
@@ -165,7 +165,7 @@ def _chains(rng: random.Random, values: np.random.RandomState, num_chains: int, 
 
 
 def variable_tracking(template: str, count: Counter, length: int, num_samples: int, seed: int, to_generate: int,
-                      args: dict[str, Any], task_template: str = "") -> list[Sample]:
+                      args: dict[str, Any]) -> list[Sample]:
     from longrope_jax.eval.ruler import TEMPLATES
 
     rng, values = random.Random(seed), np.random.RandomState(seed)
@@ -219,7 +219,7 @@ def _common_word_list(seed: int) -> tuple[str, ...]:
 
 
 def common_words_extraction(template: str, count: Counter, length: int, num_samples: int, seed: int,
-                            to_generate: int, args: dict[str, Any], task_template: str = "") -> list[Sample]:
+                            to_generate: int, args: dict[str, Any]) -> list[Sample]:
     rng = random.Random(seed)
     words = _common_word_list(seed)
 
@@ -255,7 +255,7 @@ def _zeta(alpha: float, terms: int = 100_000) -> float:
 
 
 def freq_words_extraction(template: str, count: Counter, length: int, num_samples: int, seed: int,
-                          to_generate: int, args: dict[str, Any], task_template: str = "") -> list[Sample]:
+                          to_generate: int, args: dict[str, Any]) -> list[Sample]:
     rng = random.Random(seed)
     limit = length - to_generate
     vocab_size, incremental, word_len = limit // 50, limit // 32, args["coded_wordlen"]

@@ -131,8 +131,8 @@ def run_evaluation(config: Any, workdir: str | Path) -> dict:
     if eval_cfg.get("needle_lengths"):
         _run_needle_grid(config, results, workdir, model, cfg, tokenizer)
     if eval_cfg.get("ruler_tasks"):
-        from longrope_jax.eval.ruler_eval import plot_ruler, run_ruler
-        cells = (len(as_list(eval_cfg.get("ruler_methods") or eval_cfg.passkey_methods)) *
+        from longrope_jax.eval.ruler_eval import plot_ruler, ruler_methods, run_ruler
+        cells = (len(ruler_methods(eval_cfg)) *
                  len(as_list(eval_cfg.ruler_tasks)) * len(as_list(eval_cfg.ruler_lengths)))
         with tqdm(total=cells * int(eval_cfg.ruler_samples), desc="ruler", unit="sample") as bar:
             run_ruler(config, results, lambda: write_json_atomic(workdir / RESULTS, results), model, cfg, tokenizer,
@@ -190,9 +190,9 @@ def _check_retrieval_settings(eval_cfg: Any, cfg) -> None:
             raise ConfigError(f"unknown method {m!r} in eval.passkey_methods; use {', '.join(rope_methods.METHODS)}")
         for length in lengths:
             rope_methods.method_spec(cfg.rope, m, length, eval_cfg.factors or None)
-    from longrope_jax.eval.ruler_eval import check_ruler_settings
+    from longrope_jax.eval.ruler_eval import check_ruler_settings, ruler_methods
     check_ruler_settings(eval_cfg)
-    for m in as_list(eval_cfg.get("ruler_methods") or eval_cfg.passkey_methods) if eval_cfg.get("ruler_tasks") else []:
+    for m in ruler_methods(eval_cfg) if eval_cfg.get("ruler_tasks") else []:
         if m not in rope_methods.METHODS:
             raise ConfigError(f"unknown method {m!r} in eval.ruler_methods; use {', '.join(rope_methods.METHODS)}")
         for length in as_list(eval_cfg.ruler_lengths):

@@ -49,7 +49,6 @@ class ModelConfig:
     rms_norm_eps: float = 1e-5
     tie_word_embeddings: bool = False
     sliding_window: int | None = None
-    qkv_bias: bool = False
     rope: RopeSpec = dataclasses.field(default_factory=RopeSpec)
     bos_token_id: int | None = 1
     eos_token_id: int | None = 2
@@ -83,11 +82,13 @@ class ModelConfig:
         for name in ("dtype", "param_dtype"):
             if getattr(self, name) not in ("float32", "bfloat16", "float16"):
                 raise ConfigError(f"{name}={getattr(self, name)!r}: use float32, bfloat16 or float16")
-        if self.qkv_bias != (self.architecture in QKV_BIAS_ARCHITECTURES):
-            raise ConfigError(f"qkv_bias={self.qkv_bias} does not fit architecture {self.architecture!r} (q/k/v "
-                              f"biases belong to {', '.join(QKV_BIAS_ARCHITECTURES)})")
         if self.rope.head_dim != self.head_dim:
             raise ConfigError(f"rope head_dim {self.rope.head_dim} != model head_dim {self.head_dim}")
+
+    @property
+    def qkv_bias(self) -> bool:
+        """Whether the q/k/v projections carry biases (a property of the family)."""
+        return self.architecture in QKV_BIAS_ARCHITECTURES
 
     @property
     def compute_dtype(self) -> jnp.dtype:
@@ -137,7 +138,6 @@ class ModelConfig:
             rms_norm_eps=float(config.get("rms_norm_eps", 1e-5)),
             tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
             sliding_window=config.get("sliding_window") if model_type in ("mistral", "phi3") else None,
-            qkv_bias=model_type in QKV_BIAS_ARCHITECTURES,
             rope=rope,
             bos_token_id=config.get("bos_token_id"),
             eos_token_id=eos[0] if isinstance(eos, list) else eos,

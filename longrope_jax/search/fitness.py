@@ -82,9 +82,6 @@ class FitnessCache:
 FITNESS_KEY_VERSION = 2
 
 
-ADDED_MODEL_FIELDS = {"qkv_bias": False}
-
-
 def model_identity(model: Transformer) -> str:
     """A digest of the model's config (without speed-only settings) and every byte of every parameter.
 
@@ -94,13 +91,7 @@ def model_identity(model: Transformer) -> str:
     from longrope_jax.model.config import config_to_dict, without_speed_settings
     from longrope_jax.model.state import model_params
 
-    record = without_speed_settings(config_to_dict(model.cfg))
-    # Fields added since the identity was defined count only when set, so existing models keep their identity
-    # (and their fitness caches and search states).
-    for name, default in ADDED_MODEL_FIELDS.items():
-        if record.get(name) == default:
-            record.pop(name, None)
-    digest = hashlib.sha256(repr(sorted(record.items())).encode())
+    digest = hashlib.sha256(repr(sorted(without_speed_settings(config_to_dict(model.cfg)).items())).encode())
     for name, value in sorted(model_params(model).items()):
         array = np.ascontiguousarray(np.asarray(value))
         digest.update(f"|{name}|{array.dtype}|{array.shape}|".encode())

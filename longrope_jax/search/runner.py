@@ -64,8 +64,8 @@ def run_generations(evaluator: FitnessEvaluator, space: SearchSpace, seeds: list
     base_key = jax.random.key(int(search_cfg.seed))
     generations = int(search_cfg.generations)
     budget = evaluation_budget(search_cfg)
-    strategy = make_strategy(search_cfg, space)
     num_docs = evaluator.num_documents
+    strategy = make_strategy(search_cfg, space, num_docs)
     bar = tqdm(total=generations + 1, initial=state["generation"], desc="search", unit="gen")
 
     def save() -> None:
@@ -85,7 +85,10 @@ def run_generations(evaluator: FitnessEvaluator, space: SearchSpace, seeds: list
             if generation == 0:
                 new = strategy.initial(key, seeds, state)
             else:
-                seen = set(state.get("seen", [])) | {e["key"] for e in state["population"]}
+                # Every candidate ever scored is in the archive (states written before it existed list them
+                # in "seen").
+                seen = set(state.get("seen", [])) | {e["key"] for e in state.get("archive", [])} | \
+                    {e["key"] for e in state["population"]}
                 new = strategy.propose(key, ranked, seen, state)
             state["pending"] = [c.to_dict() for c in new]
             save()
@@ -117,9 +120,7 @@ def run_generations(evaluator: FitnessEvaluator, space: SearchSpace, seeds: list
                 state["archive"].append({"key": cand_key, "candidate": entry["candidate"], "nll": nll})
             elif len(nll) > len(archived[cand_key]["nll"]):
                 archived[cand_key]["nll"] = nll
-        state.setdefault("seen", [])
-        state["seen"] = sorted(set(state["seen"]) | {space.key(c) for c in pending})
-        strategy.observe(pending, results, state, num_docs)
+        strategy.observe(pending, results, state)
         # Truncation selection with elitism: keep the best `population` candidates.
         state["population"] = _ranked(state["population"])[:int(search_cfg.population)]
         fitness = [e["fitness"] for e in state["population"] if np.isfinite(e["fitness"])]

@@ -56,8 +56,8 @@ class Strategy:
 
     name = "reference"
 
-    def __init__(self, space: SearchSpace, search_cfg: Any):
-        self.space, self.cfg = space, search_cfg
+    def __init__(self, space: SearchSpace, search_cfg: Any, num_docs: int):
+        self.space, self.cfg, self.num_docs = space, search_cfg, int(num_docs)
         self.p = float(search_cfg.mutation_p)
 
     def initial(self, key: jax.Array, seeds: list[np.ndarray], state: dict) -> list[Candidate]:
@@ -71,7 +71,7 @@ class Strategy:
               best_per_doc: np.ndarray | None, state: dict) -> Results:
         return evaluator.evaluate(pending, threshold, best_per_doc)
 
-    def observe(self, pending: list[Candidate], results: Results, state: dict, num_docs: int) -> None:
+    def observe(self, pending: list[Candidate], results: Results, state: dict) -> None:
         """Updates state["strategy"] after a generation has been scored."""
 
 
@@ -87,7 +87,7 @@ class SurrogateStrategy(Strategy):
                                          int(self.cfg.pool_size) - half, self.p)
         count = int(self.cfg.per_generation)
         archive = state.get("archive", [])
-        doc_means = document_means(archive, len(archive[0]["nll"]) if archive else 1)
+        doc_means = document_means(archive, self.num_docs)
         known = [(e, estimated_mean_nll(e["nll"], doc_means)) for e in archive]
         known = [(e, y) for e, y in known if np.isfinite(y)]
         if len(pool) <= count or len(known) < 2:
@@ -124,11 +124,11 @@ class MultiFidelityStrategy(SurrogateStrategy):
         full = evaluator.evaluate(chosen, threshold, best_per_doc)
         return {**cheap, **full}
 
-    def observe(self, pending, results, state, num_docs):
+    def observe(self, pending, results, state):
         # How well the cheap fidelity ranks: Spearman correlation of first-document NLL and the mean NLL over
         # every fully scored candidate so far.
-        full = [e["nll"] for e in state.get("archive", []) if len(e["nll"]) == num_docs]
-        if len(full) >= 3 and num_docs > 1:
+        full = [e["nll"] for e in state.get("archive", []) if len(e["nll"]) == self.num_docs]
+        if len(full) >= 3 and self.num_docs > 1:
             first = np.argsort(np.argsort([n[0] for n in full]))
             mean = np.argsort(np.argsort([np.mean(n) for n in full]))
             state.setdefault("strategy", {})["rank_agreement"] = float(np.corrcoef(first, mean)[0, 1])
@@ -137,8 +137,8 @@ class MultiFidelityStrategy(SurrogateStrategy):
 class CMAStrategy(Strategy):
     name = "cmaes"
 
-    def __init__(self, space: SearchSpace, search_cfg: Any):
-        super().__init__(space, search_cfg)
+    def __init__(self, space: SearchSpace, search_cfg: Any, num_docs: int):
+        super().__init__(space, search_cfg, num_docs)
         # A curve has at most one knot per frequency pair (a tiny test model has 4 pairs).
         self.knots = min(int(search_cfg.knots), space.half_dim)
         if int(search_cfg.get("cma_population", 0)) == 1:
@@ -170,21 +170,22 @@ class CMAStrategy(Strategy):
         strategy["samples"] = samples.tolist()
         return [self._candidate(z) for z in samples]
 
-    def observe(self, pending, results, state, num_docs):
+    def observe(self, pending, results, state):
         strategy = state.get("strategy", {})
         if "samples" not in strategy:
             return
-        doc_means = document_means(state.get("archive", []), num_docs)
+        doc_means = document_means(state.get("archive", []), self.num_docs)
         fitness = [estimated_mean_nll(results[self.space.key(c)], doc_means) for c in pending]
         strategy["cma"] = cma_tell(strategy["cma"], np.asarray(strategy.pop("samples")), np.asarray(fitness))
 
 
-STRATEGIES: dict[str, Callable[[SearchSpace, Any], Strategy]] = {
+STRATEGIES: dict[str, Callable[[SearchSpace, Any, int], Strategy]] = {
     s.name: s for s in (Strategy, SurrogateStrategy, CMAStrategy, MultiFidelityStrategy)}
 
 
-def make_strategy(search_cfg: Any, space: SearchSpace) -> Strategy:
+def make_strategy(search_cfg: Any, space: SearchSpace, num_docs: int) -> Strategy:
+    """The configured strategy for a search scoring each candidate on `num_docs` documents."""
     name = search_cfg.get("strategy", "reference")
     if name not in STRATEGIES:
         raise ConfigError(f"search.strategy={name!r}: use one of {', '.join(STRATEGIES)}")
-    return STRATEGIES[name](space, search_cfg)
+    return STRATEGIES[name](space, search_cfg, num_docs)
