@@ -26,7 +26,7 @@ import numpy as np
 from longrope_jax.assets import smollm2_gguf_path
 from longrope_jax.data.documents import random_windows
 from longrope_jax.data.sources import load_token_documents, text_source
-from longrope_jax.eval.methods import method_factors_table
+from longrope_jax.rope.factors import method_factors_table
 from longrope_jax.io import write_json_atomic
 from longrope_jax.loading import load_model
 from longrope_jax.rope import attention_scale, default_inv_freq, longrope_spec

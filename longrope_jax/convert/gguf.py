@@ -43,6 +43,9 @@ _TOP_NAMES = {
     "output.weight": "lm_head.weight",
 }
 
+# llama.cpp's LongRoPE factor tensors -> HF rope_scaling key.
+ROPE_FACTOR_TENSORS = {"long_factor": "rope_factors_long.weight", "short_factor": "rope_factors_short.weight"}
+
 # GGUF rope scaling metadata suffix -> HF rope_scaling key.
 _ROPE_SCALING_KEYS = {
     "factor": "factor",
@@ -146,6 +149,13 @@ def _rope_scaling(reader: Any) -> dict[str, Any] | None:
     scaling: dict[str, Any] = {"rope_type": rope_type or "linear"}
     for suffix, value in keys.items():
         scaling[_ROPE_SCALING_KEYS.get(suffix, suffix)] = _f32(value) if isinstance(value, float) else value
+    if rope_type == "longrope":
+        # llama.cpp keeps LongRoPE's λ vectors as tensors, not metadata.
+        tensors = {t.name: t for t in reader.tensors}
+        for key, name in ROPE_FACTOR_TENSORS.items():
+            if name not in tensors:
+                raise CheckpointError(f"GGUF rope scaling is longrope but the {name!r} tensor is missing")
+            scaling[key] = [_f32(v) for v in np.asarray(tensors[name].data, dtype=np.float32).reshape(-1)]
     return scaling
 
 
@@ -261,11 +271,13 @@ def iter_gguf_tensors(path: str | PathLike[str]) -> Iterator[tuple[str, np.ndarr
     supported = _dequantisable_types()
     plan = []
     for t in reader.tensors:
+        if t.name in ROPE_FACTOR_TENSORS.values():
+            continue  # read into the config's rope_scaling by _rope_scaling
         hf = _hf_name(t.name)
         if hf is None or hf not in expected:
             raise CheckpointError(
                 f"{path}: unexpected tensor {t.name!r}; this importer handles plain llama checkpoints only "
-                "(no biases, no rope_freqs / custom rope factors)."
+                "(no biases, no rope_freqs tensor)."
             )
         shape = tuple(int(d) for d in reversed(t.shape))  # GGUF lists dims fastest-first
         if shape != expected[hf]:

@@ -19,8 +19,11 @@ import numpy as np
 
 from longrope_jax.errors import ConfigError
 from longrope_jax.rope import RopeSpec, longrope_spec, validate_factors
+from longrope_jax.rope.factors import classic_spec
+from longrope_jax.rope.registry import classic_methods
 
-METHODS = ("none", "pi", "ntk", "dynamic", "yarn", "longrope", "phi3")
+# The closed-form methods come from the rope type registry (each type that implements one says so).
+METHODS = ("none", *classic_methods(), "longrope", "phi3")
 
 
 def read_factors(path: str | Path, half_dim: int | None = None) -> dict:
@@ -70,15 +73,10 @@ def method_spec(base: RopeSpec, method: str, target_length: int, factors_path: s
     """The RopeSpec a method uses to run the base model at `target_length` tokens."""
     original = base.original_length
     scale = max(target_length / original, 1.0)
-    common = dict(head_dim=base.head_dim, theta=base.theta, partial_rotary_factor=base.partial_rotary_factor)
     if method == "none":
         return base
-    if method in ("pi", "ntk", "dynamic"):
-        rope_type = {"pi": "linear", "ntk": "ntk", "dynamic": "dynamic"}[method]
-        return RopeSpec(rope_type=rope_type, factor=scale, max_position_embeddings=original, **common)
-    if method == "yarn":
-        return RopeSpec(rope_type="yarn", factor=scale, max_position_embeddings=int(round(scale * original)),
-                        original_max_position_embeddings=original, **common)
+    if method in classic_methods():
+        return classic_spec(base, method, scale, original)
     if method == "longrope":
         if factors_path is None:
             raise ConfigError("method 'longrope' needs a factor file (eval.factors=path/to/rope_scaling.json)")
@@ -93,9 +91,3 @@ def method_spec(base: RopeSpec, method: str, target_length: int, factors_path: s
             raise ConfigError("method 'phi3' needs a model whose own config has longrope short/long factors")
         return base
     raise ConfigError(f"unknown rope method {method!r}; use one of {', '.join(METHODS)}")
-
-
-def method_factors_table(base: RopeSpec, target_length: int, methods=("pi", "ntk", "yarn")) -> dict[str, np.ndarray]:
-    """λ of classic methods at the target (plots of searched factors against them)."""
-    from longrope_jax.rope import equivalent_factors
-    return {m: equivalent_factors(method_spec(base, m, target_length), target_length) for m in methods}

@@ -13,11 +13,13 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-# "ntk" (static NTK-aware: θ' = θ·s^(d/(d-2))) has no HF type of its own; it exports as "default" with θ'.
-ROPE_TYPES = ("default", "linear", "ntk", "dynamic", "yarn", "llama3", "longrope")
-# Other names of longrope: Phi-3's first 128k release said "su" (and briefly "yarn" with short/long factors), which
-# HF still reads; "longrope2" is LongRoPE2's name for the same formula (its factors differ, not the rotation).
-ROPE_TYPE_ALIASES = {"su": "longrope", "longrope2": "longrope"}
+from longrope_jax.rope.basics import validate_factors
+from longrope_jax.rope.registry import hf_rope_type, registered_types, rope_type
+
+ROPE_TYPES = tuple(registered_types())
+# Other HF spellings of a registered type, e.g. Phi-3's "su" and LongRoPE2's "longrope2" for longrope.
+ROPE_TYPE_ALIASES = {alias: kind.name for kind in registered_types().values() for alias in kind.hf_names
+                     if alias != kind.name}
 MSCALE_POLICIES = ("su", "yarn", "constant")
 
 Factors = tuple[float, ...] | tuple[tuple[float, ...], ...]
@@ -35,35 +37,12 @@ def _as_factors(value: Any, field: str) -> Factors | None:
                      f"got an array of shape {array.shape}; pass one factor per rotary frequency pair")
 
 
-def validate_factors(factors: Any, field: str, half_dim: int, require_monotone: bool = True) -> np.ndarray:
-    """Checks a LongRoPE λ vector (or a per-layer (n_layers, d/2) matrix) and returns it as float64.
-
-    Raises ValueError naming `field` when the length is not d/2, a value is NaN/inf or below 1, or (when
-    `require_monotone`) λ decreases along the frequency axis.
-    """
-    array = np.asarray(factors, dtype=np.float64)
-    if array.ndim not in (1, 2) or array.shape[-1] != half_dim:
-        raise ValueError(f"rope field '{field}' has shape {array.shape} but the rotary dimension needs {half_dim} "
-                         f"factors per vector (rotary_dim/2); regenerate the factors for this model's head_dim")
-    if not np.all(np.isfinite(array)):
-        raise ValueError(f"rope field '{field}' contains NaN or inf; every factor must be a finite number >= 1")
-    if np.any(array < 1.0):
-        bad = int(np.argmin(array.reshape(-1) >= 1.0))
-        raise ValueError(f"rope field '{field}' has a factor {array.reshape(-1)[bad]:.6g} < 1 at index {bad}; "
-                         f"rescale factors divide the frequency and must be >= 1 (1 = unchanged)")
-    if require_monotone and np.any(np.diff(array, axis=-1) < 0):
-        bad = int(np.argmax((np.diff(array, axis=-1) < 0).reshape(-1)))
-        raise ValueError(f"rope field '{field}' is not monotone non-decreasing (first drop after flat index {bad}); "
-                         f"LongRoPE needs λ_i <= λ_(i+1): sort it, or pass require_monotone=False if intended")
-    return array
-
-
 @dataclasses.dataclass(frozen=True)
 class RopeSpec:
     """A rotary embedding plus its context-extension method; everything `frequencies` needs.
 
     Attributes:
-      rope_type: one of ROPE_TYPES.
+      rope_type: a registered rope type (ROPE_TYPES; one module each in rope/types/).
       head_dim: per-head channel count; `rotary_dim = int(head_dim * partial_rotary_factor)` channels rotate.
       theta: RoPE base θ (θ_i = theta^(-2i/rotary_dim)).
       max_position_embeddings: the context the (extended) model is configured for.
@@ -139,8 +118,8 @@ class RopeSpec:
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
-        if self.rope_type not in ROPE_TYPES:
-            raise ValueError(f"unknown rope_type {self.rope_type!r}; use one of {', '.join(ROPE_TYPES)} "
+        if self.rope_type not in registered_types():
+            raise ValueError(f"unknown rope_type {self.rope_type!r}; use one of {', '.join(registered_types())} "
                              f"(aliases: {', '.join(ROPE_TYPE_ALIASES)})")
         if self.head_dim <= 0 or self.rotary_dim % 2 or self.rotary_dim <= 0:
             raise ValueError(f"rope field 'head_dim'×'partial_rotary_factor' = {self.rotary_dim} must be a positive "
@@ -158,74 +137,27 @@ class RopeSpec:
         if self.attention_factor is not None and not (math.isfinite(self.attention_factor)
                                                       and self.attention_factor > 0):
             raise ValueError(f"rope field 'attention_factor' = {self.attention_factor} must be a finite number > 0")
-        needs_factor = self.rope_type in ("linear", "ntk", "dynamic", "yarn", "llama3")
-        if needs_factor:
+        kind = rope_type(self.rope_type)
+        if kind.requires_factor:
             if self.factor is None:
                 raise ValueError(f"rope_type {self.rope_type!r} requires the field 'factor' (the scale s, e.g. 4.0)")
             if not (math.isfinite(self.factor) and self.factor >= 1.0):
                 raise ValueError(f"rope field 'factor' = {self.factor} must be a finite number >= 1")
-        if self.rope_type in ("yarn", "llama3", "longrope") and self.original_max_position_embeddings is None:
+        if kind.requires_original and self.original_max_position_embeddings is None:
             raise ValueError(f"rope_type {self.rope_type!r} requires 'original_max_position_embeddings' "
                              f"(the pre-training context length)")
-        if self.rope_type == "llama3" and (self.low_freq_factor is None or self.high_freq_factor is None
-                                           or self.high_freq_factor <= self.low_freq_factor):
-            raise ValueError("rope_type 'llama3' requires 'low_freq_factor' < 'high_freq_factor' (Llama-3.1: 1 and 4)")
-        if self.rope_type == "longrope":
-            for field in ("short_factor", "long_factor"):
-                if getattr(self, field) is None:
-                    raise ValueError(f"rope_type 'longrope' requires '{field}' ({self.half_dim} numbers >= 1)")
-            validate_factors(self.long_factor, "long_factor", self.half_dim, self.require_monotone)
-            short = validate_factors(self.short_factor, "short_factor", self.half_dim, self.require_monotone)
-            if short.ndim != 1:
-                raise ValueError("rope field 'short_factor' must be one vector of d/2 numbers, not per layer")
-            if self.critical_dim is not None and not 0 < self.critical_dim < self.half_dim:
-                raise ValueError(f"rope field 'critical_dim' = {self.critical_dim} must lie in (0, {self.half_dim})")
-        elif self.n_hat:
-            raise ValueError("rope field 'n_hat' is only meaningful for rope_type 'longrope'; set it to 0")
+        if self.n_hat and "n_hat" not in kind.hf_keys:
+            raise ValueError(f"rope field 'n_hat' is only meaningful for rope_type 'longrope'; set it to 0")
+        kind.validate(self)
 
     # ------------------------------------------------------------------ Hugging Face round trip
     def to_hf(self) -> dict[str, Any]:
         """The `rope_scaling` block of a HF config.json (also valid as transformers>=5 `rope_parameters`).
 
-        Keys beyond HF's (`n_hat`, `mscale_policy`, `critical_dim`) are written only when they differ from HF's
-        behaviour; transformers ignores unknown keys, so an exported n_hat > 0 is NOT applied by HF.
+        Keys beyond HF's (`n_hat`, `critical_dim`) are written only when they differ from HF's behaviour;
+        transformers ignores unknown keys, so an exported n_hat > 0 is NOT applied by HF.
         """
-        if self.rope_type == "ntk":
-            from longrope_jax.rope.frequencies import ntk_aware_theta
-            return self.replace(rope_type="default", factor=None,
-                                theta=ntk_aware_theta(self.theta, self.factor, self.rotary_dim)).to_hf()
-        block: dict[str, Any] = {"rope_type": self.rope_type, "rope_theta": self.theta}
-        if self.partial_rotary_factor != 1.0:
-            block["partial_rotary_factor"] = self.partial_rotary_factor
-        if self.rope_type in ("linear", "dynamic", "yarn", "llama3"):
-            block["factor"] = self.factor
-        if self.rope_type in ("yarn", "llama3", "longrope"):
-            block["original_max_position_embeddings"] = self.original_max_position_embeddings
-        if self.rope_type == "yarn":
-            for key in ("attention_factor", "beta_fast", "beta_slow", "mscale", "mscale_all_dim"):
-                if getattr(self, key) is not None:
-                    block[key] = getattr(self, key)
-            if not self.truncate:
-                block["truncate"] = False
-        if self.rope_type == "llama3":
-            block["low_freq_factor"] = self.low_freq_factor
-            block["high_freq_factor"] = self.high_freq_factor
-        if self.rope_type == "longrope":
-            if self.per_layer:
-                raise ValueError("per-layer long factors cannot be written in HF's longrope format (one vector); "
-                                 "average them or keep the spec in longrope-jax's own format (RopeSpec.to_dict)")
-            block["short_factor"] = list(self.short_factor)
-            block["long_factor"] = list(self.long_factor)
-            if self.factor is not None:
-                block["factor"] = self.factor
-            # Always explicit, so serving stacks that do not implement our mscale policy still use the right scale.
-            from longrope_jax.rope.frequencies import attention_scale
-            block["attention_factor"] = attention_scale(self)
-            if self.n_hat:
-                block["n_hat"] = self.n_hat
-            if self.critical_dim is not None:
-                block["critical_dim"] = self.critical_dim
-        return block
+        return rope_type(self.rope_type).to_hf(self)
 
     def to_dict(self) -> dict[str, Any]:
         """Lossless JSON-able form (per-layer factors included); inverse of `RopeSpec.from_dict`."""
@@ -271,45 +203,41 @@ def from_hf_config(config: Mapping[str, Any], require_monotone: bool = True) -> 
         head_dim = config["hidden_size"] // config["num_attention_heads"]
     if "max_position_embeddings" not in config:
         raise ValueError("config needs 'max_position_embeddings' (the context length the model is configured for)")
-    rope_type = str(_first(block, "rope_type", "type", default="default"))
-    if rope_type == "yarn" and "short_factor" in block:  # Phi-3's legacy spelling of longrope
-        rope_type = "longrope"
-    rope_type = ROPE_TYPE_ALIASES.get(rope_type, rope_type)
-    if rope_type not in ROPE_TYPES or rope_type == "ntk":
-        supported = ", ".join(t for t in ROPE_TYPES if t != "ntk")  # static NTK exports as "default" with θ'
-        raise ValueError(f"unknown rope type {rope_type!r} in rope_scaling; supported: {supported} "
-                         f"(aliases {ROPE_TYPE_ALIASES}); convert the config or add the type to longrope_jax.rope")
+    hf_name = str(_first(block, "rope_type", "type", default="default"))
+    if hf_name == "yarn" and "short_factor" in block:  # Phi-3's legacy spelling of longrope
+        hf_name = "longrope"
+    kind = hf_rope_type(hf_name)
+    if kind is None:
+        readable = sorted(n for k in registered_types().values() for n in k.hf_names)
+        raise ValueError(f"unknown rope type {hf_name!r} in rope_scaling; supported: {', '.join(readable)}; "
+                         f"convert the config or add the type to longrope_jax/rope/types/")
     max_pos = int(config["max_position_embeddings"])
-    # As in HF's standardize_rope_params, a top-level original_max_position_embeddings (Phi-3) wins.
-    original = _first(config, "original_max_position_embeddings",
-                      default=_first(block, "original_max_position_embeddings"))
-    if rope_type not in ("yarn", "llama3", "longrope"):
-        original = None
-    if original is None and rope_type in ("yarn", "llama3", "longrope"):
-        original = max_pos  # HF's standardize_rope_params default
-    fields = dict(
-        rope_type=rope_type,
+    original = None
+    if kind.requires_original:
+        # As in HF's standardize_rope_params: a top-level original_max_position_embeddings (Phi-3) wins, and the
+        # configured length is the default.
+        original = _first(config, "original_max_position_embeddings",
+                          default=_first(block, "original_max_position_embeddings", default=max_pos))
+    if block.get("n_hat") and "n_hat" not in kind.hf_keys:
+        raise ValueError(f"'n_hat' in rope_scaling requires rope_type 'longrope'")
+    fields: dict[str, Any] = dict(
+        rope_type=kind.name,
         head_dim=int(head_dim),
         theta=float(_first(block, "rope_theta", default=_first(config, "rope_theta", default=10000.0))),
         max_position_embeddings=max_pos,
         partial_rotary_factor=float(_first(block, "partial_rotary_factor",
                                            default=_first(config, "partial_rotary_factor", default=1.0))),
         original_max_position_embeddings=None if original is None else int(original),
-        factor=None if block.get("factor") is None else float(block["factor"]),
-        attention_factor=None if block.get("attention_factor") is None else float(block["attention_factor"]),
-        beta_fast=block.get("beta_fast"), beta_slow=block.get("beta_slow"),
-        mscale=block.get("mscale"), mscale_all_dim=block.get("mscale_all_dim"),
-        truncate=bool(block.get("truncate", True)),
-        low_freq_factor=block.get("low_freq_factor"), high_freq_factor=block.get("high_freq_factor"),
-        short_factor=block.get("short_factor"), long_factor=block.get("long_factor"),
-        n_hat=int(block.get("n_hat", 0)),
-        mscale_policy=str(block.get("mscale_policy", "su")),
-        critical_dim=block.get("critical_dim"),
         require_monotone=require_monotone,
     )
-    if rope_type != "longrope" and fields["n_hat"]:
-        raise ValueError("'n_hat' in rope_scaling requires rope_type 'longrope'")
+    for key in kind.hf_keys:
+        if block.get(key) is not None:
+            fields[key] = _HF_VALUE_TYPES.get(key, lambda v: v)(block[key])
     return RopeSpec(**fields)
+
+
+# rope_scaling values converted to the RopeSpec field's type on the way in.
+_HF_VALUE_TYPES = {"factor": float, "attention_factor": float, "truncate": bool, "n_hat": int, "mscale_policy": str}
 
 
 def longrope_spec(base: RopeSpec, long_factor: Sequence[float], short_factor: Sequence[float] | None = None,

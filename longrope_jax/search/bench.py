@@ -22,9 +22,10 @@ from longrope_jax.eval.perplexity import PerplexityEvaluator, spec_ropes
 from longrope_jax.io import write_json_atomic
 from longrope_jax.loading import load_from_config
 from longrope_jax.rope import RopeSpec, longrope_spec
+from longrope_jax.rope.registry import classic_methods
 from longrope_jax.search.job import run_search, scaled_budget
 
-CLASSIC_METHODS = ("none", "pi", "ntk", "dynamic", "yarn")
+CLASSIC_METHODS = ("none", *classic_methods())
 COPIED_OUTPUTS = ("rope_scaling.json", "factors.json", "factors.png", "fitness.png")
 
 

@@ -27,6 +27,8 @@ from longrope_jax.settings import as_list
 from longrope_jax.io import write_json_atomic, write_text_atomic
 from longrope_jax.loading import load_from_config
 from longrope_jax.rope import RopeSpec, longrope_spec
+from longrope_jax.rope.factors import method_factors_table
+from longrope_jax.rope.registry import classic_methods
 from longrope_jax.sharding import make_mesh
 from longrope_jax.search.fitness import (FITNESS_KEY_VERSION, FitnessCache, FitnessEvaluator, fingerprint,
                                          model_identity, perplexity_of)
@@ -35,9 +37,7 @@ from longrope_jax.search.settings import check_search_settings
 from longrope_jax.search.space import space_from_config
 
 SEED_METHODS = ("pi", "ntk", "yarn")
-
-
-SEEDABLE = ("pi", "ntk", "dynamic", "yarn")
+SEEDABLE = tuple(classic_methods())
 
 
 def seed_factors(seed_base: RopeSpec, target: int, methods=SEED_METHODS, scales=(1.0,)) -> dict[str, np.ndarray]:
@@ -53,7 +53,7 @@ def seed_factors(seed_base: RopeSpec, target: int, methods=SEED_METHODS, scales=
     seeds: dict[str, np.ndarray] = {}
     for length in dict.fromkeys(int(round(target * scale)) for scale in scales):
         suffix = "" if length == target else f"@{length}"
-        for name, factors in rope_methods.method_factors_table(seed_base, length, tuple(methods)).items():
+        for name, factors in method_factors_table(seed_base, length, tuple(methods)).items():
             seeds[name + suffix] = np.asarray(factors)
     return seeds
 
