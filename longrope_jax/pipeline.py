@@ -36,6 +36,12 @@ _LATER_DEFAULTS = {"search": {"seed_methods": ["pi", "ntk", "yarn"], "seed_scale
 # Speed / memory settings that never change the results; also dropped from fingerprints stored before they were
 # left out, so switching them (e.g. model.remat) never invalidates a finished stage.
 _NOT_FINGERPRINTED = {"search": ("verdict_results",), "model": SPEED_ONLY_MODEL_KEYS}
+FINGERPRINT_VERSION = 2
+# The config sections each stage reads.
+_STAGE_SECTIONS = {"search_long": ("model", "data", "search"), "finetune": ("model", "data", "finetune"),
+                   "search_final": ("data", "search"), "search_short": ("data", "search"), "export": (),
+                   "report": ("model", "data", "eval")}
+_LEGACY_SECTIONS = {**_STAGE_SECTIONS, "report": ("eval",)}
 
 
 def _section(config: Any, name: str) -> dict:
@@ -75,6 +81,7 @@ class Pipeline:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.manifest = read_json(self.workdir / MANIFEST, default={"stages": {}})
         self._bundle = None
+        self._original = 0  # the base model's native length, known once run() has loaded it
         stages = [s.strip() for s in (config.pipeline.stages.split(",") if isinstance(config.pipeline.stages, str)
                                       else config.pipeline.stages)]
         unknown = [s for s in stages if s not in STAGES]
@@ -83,22 +90,59 @@ class Pipeline:
         self.enabled = [s for s in STAGES if s in stages]
 
     # ------------------------------------------------------------------ bookkeeping
+    def _stage_config(self, stage: str, base_factors: str = "") -> Any:
+        """The config a stage runs with: the user's, with the settings the pipeline decides for that stage."""
+        config = copy.deepcopy(self.config)
+        p = config.pipeline
+        first, final = int(p.first_target), int(p.final_target)
+        if stage == "search_long":
+            config.search.update(target_length=first, scale_target=final, verdict_documents=0)
+        elif stage == "finetune":
+            config.finetune.update(factors=base_factors, target_length=final)
+        elif stage == "search_final":
+            config.search.update(target_length=final, scale_target=final, base_factors=base_factors,
+                                 base_length=first if base_factors else 0, verdict_documents=0)
+        elif stage == "search_short":
+            config.search.update(target_length=int(p.short_length or self._original), scale_target=final,
+                                 space="dim_mono", upper=float(p.short_upper), base_factors="", base_length=0,
+                                 verdict_documents=0, evo_scale=float(p.short_evo_scale), search_n_hat=False)
+        return config
+
     def _fingerprint(self, stage: str, inputs: dict) -> dict:
-        sections = {"search_long": ("model", "data", "search"), "finetune": ("model", "data", "finetune"),
-                    "search_final": ("data", "search"), "search_short": ("data", "search"),
-                    "export": (), "report": ("eval",)}[stage]
+        """What the stage uses and nothing else: the sections it reads, as it runs them (a field the pipeline sets
+        for the stage is the value it sets, so the user's value of it cannot make a finished stage look changed),
+        its input files' digests, and the final length where the stage writes it."""
+        config = self._stage_config(stage, "(in inputs)" if inputs.get("factors") else "")
+        uses = {name: _section(config, name) for name in _STAGE_SECTIONS[stage]}
+        for name, key in (("search", "base_factors"), ("finetune", "factors")):
+            uses.get(name, {}).pop(key, None)  # a path inside the workdir; its contents are in `inputs`
+        if stage in ("export", "search_final", "finetune"):
+            uses["final_target"] = int(self.config.pipeline.final_target)
+        return json.loads(json.dumps({"version": FINGERPRINT_VERSION, **uses, "inputs": inputs}))
+
+    def _legacy_fingerprint(self, stage: str, inputs: dict) -> dict:
+        """How workdirs written before FINGERPRINT_VERSION 2 fingerprinted a stage (the whole pipeline section and
+        the user's sections), so their finished stages still match."""
         return json.loads(json.dumps({"pipeline": _section(self.config, "pipeline"),
-                                      **{s: _section(self.config, s) for s in sections}, "inputs": inputs}))
+                                      **{s: _section(self.config, s) for s in _LEGACY_SECTIONS[stage]},
+                                      "inputs": inputs}))
 
     def _run_stage(self, stage: str, inputs: dict, body: Callable[[Path], dict]) -> dict:
         entry = self.manifest["stages"].get(stage)
         fingerprint = self._fingerprint(stage, inputs)
         stored = _comparable(entry.get("fingerprint") or {}) if entry else None
+        current = fingerprint  # what `stored` is compared with, in its own format
+        if stored is not None and "version" not in stored:
+            current = self._legacy_fingerprint(stage, inputs)
+            if stored == current:  # an older workdir's record of these same settings
+                stored, current = fingerprint, fingerprint
+                entry = {**entry, "fingerprint": fingerprint}
+                self.manifest["stages"][stage] = entry
         if entry and entry.get("status") == "done":
             if stored == fingerprint:
                 print(f"[{stage}] already done, skipping")
                 return entry["outputs"]
-            changed = sorted(k for k in fingerprint if fingerprint[k] != stored.get(k))
+            changed = sorted(k for k in current if current[k] != stored.get(k))
             raise ConfigError(f"stage {stage} already finished in {self.workdir} with different settings "
                               f"({', '.join(changed)}); use a new --workdir, or delete {self.workdir / stage} and "
                               f"its manifest entry to redo it")
@@ -141,11 +185,6 @@ class Pipeline:
         model, cfg = load_model(model_dir, **model_overrides(model_section))
         return model, cfg, load_tokenizer(model_dir)
 
-    def _search_config(self, **search) -> Any:
-        config = copy.deepcopy(self.config)
-        config.search.update(search)
-        return config
-
     # ------------------------------------------------------------------ stages
     def run(self) -> dict:
         from longrope_jax.search.job import run_search
@@ -155,41 +194,35 @@ class Pipeline:
         first, final = int(p.first_target), int(p.final_target)
         base_model, base_cfg, _ = self._base_bundle()
         original = base_cfg.rope.original_length
+        self._original = original
         _check_targets(p, original)
         long_factors = None  # path of the current long rope_scaling.json
         if "search_long" in self.enabled:
             out = self._run_stage("search_long", {}, lambda d: {"rope_scaling": str(d / "rope_scaling.json"),
-                                                                 **_summary(run_search(self._search_config(
-                                                                     target_length=first, scale_target=final,
-                                                                     verdict_documents=0), d, self._bundle))})
+                                                                 **_summary(run_search(self._stage_config(
+                                                                     "search_long"), d, self._bundle))})
             long_factors = out["rope_scaling"]
         model_dir = None
         if "finetune" in self.enabled:
             if long_factors is None:
                 raise ConfigError("stage finetune needs search_long (the factors to train with)")
-            config = copy.deepcopy(self.config)
-            config.finetune.factors = long_factors
-            config.finetune.target_length = final
+            config = self._stage_config("finetune", long_factors)
             out = self._run_stage("finetune", {"factors": _digest(long_factors)},
                                   lambda d: {"model_dir": str(d / "model"), **_summary(run_finetune(config, d,
                                                                                                     self._bundle))})
             model_dir = out["model_dir"]
         bundle = self._model_dir_bundle(model_dir, self.config.model) if model_dir else self._base_bundle()
         if "search_final" in self.enabled and final > first:
-            search = dict(target_length=final, scale_target=final, base_factors=long_factors or "",
-                          base_length=first if long_factors else 0, verdict_documents=0)
+            config = self._stage_config("search_final", long_factors or "")
             out = self._run_stage("search_final", {"factors": _digest(long_factors), "model": model_dir},
                                   lambda d: {"rope_scaling": str(d / "rope_scaling.json"),
-                                             **_summary(run_search(self._search_config(**search), d, bundle))})
+                                             **_summary(run_search(config, d, bundle))})
             long_factors = out["rope_scaling"]
         short_factors = None
         if "search_short" in self.enabled:
-            search = dict(target_length=int(p.short_length or original), scale_target=final, space="dim_mono",
-                          upper=float(p.short_upper), base_factors="", base_length=0, verdict_documents=0,
-                          evo_scale=float(p.short_evo_scale), search_n_hat=False)
             out = self._run_stage("search_short", {"model": model_dir},
                                   lambda d: {"rope_scaling": str(d / "rope_scaling.json"),
-                                             **_summary(run_search(self._search_config(**search), d, bundle))})
+                                             **_summary(run_search(self._stage_config("search_short"), d, bundle))})
             short_factors = out["rope_scaling"]
         if "export" in self.enabled:
             if long_factors is None:

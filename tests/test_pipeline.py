@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 import transformers
 
@@ -113,3 +114,57 @@ def test_settings_added_later_keep_older_workdirs_matching(tmp_path):
     assert _comparable(recorded) == Pipeline(config, tmp_path)._fingerprint("search_long", {})
     config.search.seed_scales = (1.0, 1.25)
     assert Pipeline(config, tmp_path)._fingerprint("search_long", {})["search"]["seed_scales"] == [1.0, 1.25]
+
+
+def test_a_stage_fingerprints_what_it_uses_and_nothing_else(tmp_path):
+    """Changing a field a stage does not use (or one the pipeline sets for it) leaves the finished stage finished;
+    changing one it uses is reported by name. Workdirs fingerprinted the older way still match."""
+    sys.path.insert(0, str(ROOT))
+    from configs.tiny import get_config
+    from longrope_jax.errors import ConfigError
+    from longrope_jax.pipeline import Pipeline
+
+    def fingerprints(config):
+        return {stage: Pipeline(config, tmp_path / "fp")._fingerprint(stage, {}) for stage in
+                ("search_long", "finetune", "search_final", "search_short", "export", "report")}
+
+    base = fingerprints(get_config())
+    changes = {  # setting -> the stages that use it
+        ("search", "target_length", 12345): (),  # the pipeline sets each search's target itself
+        ("search", "verdict_documents", 3): (),
+        ("pipeline", "short_upper", 1.5): ("search_short",),
+        ("pipeline", "first_target", 96): ("search_long",),
+        ("finetune", "learning_rate", 0.5): ("finetune",),
+        ("eval", "lengths", (32, 48)): ("report",),
+        ("search", "seed", 7): ("search_long", "search_final", "search_short"),
+    }
+    for (section, key, value), users in changes.items():
+        config = get_config()
+        config[section][key] = value
+        changed = {stage for stage, fp in fingerprints(config).items() if fp != base[stage]}
+        assert changed == set(users), (section, key)
+
+    def run_search_long(config, workdir):
+        return Pipeline(config, workdir)._run_stage("search_long", {}, lambda d: {"best_perplexity": 1.0})
+
+    work = tmp_path / "work"
+    assert run_search_long(get_config(), work) == {"best_perplexity": 1.0}
+    config = get_config()
+    config.search.target_length = 12345
+    assert run_search_long(config, work) == {"best_perplexity": 1.0}  # skipped: the stage never reads it
+    config.search.seed = 7
+    with pytest.raises(ConfigError, match=r"stage search_long already finished .*\(search\)"):
+        run_search_long(config, work)
+
+    # A workdir from before stage fingerprints held only what a stage uses.
+    older = tmp_path / "older"
+    pipeline = Pipeline(get_config(), older)
+    pipeline.manifest["stages"]["search_long"] = {"status": "done", "outputs": {"best_perplexity": 2.0},
+                                                  "fingerprint": pipeline._legacy_fingerprint("search_long", {})}
+    (older / "manifest.json").write_text(json.dumps(pipeline.manifest))
+    assert run_search_long(get_config(), older) == {"best_perplexity": 2.0}
+    config = get_config()
+    config.pipeline.short_upper = 1.5  # fingerprinted by the older scheme: reported, with what changed
+    (older / "manifest.json").write_text(json.dumps(pipeline.manifest))
+    with pytest.raises(ConfigError, match=r"\(pipeline\)"):
+        run_search_long(config, older)

@@ -1,6 +1,7 @@
 """RULER-lite's task generators and metrics (`longrope_jax.eval.ruler`): formats, lengths, determinism per seed,
 the answers really in the prompt, RULER's wording, and the metrics on hand-made predictions."""
 
+import json
 import re
 from collections import Counter
 from pathlib import Path
@@ -165,3 +166,51 @@ def test_unknown_ruler_task_fails_before_any_work(tmp_path):
     with pytest.raises(ConfigError, match="unknown RULER task"):
         run_evaluation(tiny_eval_config(tmp_path, ruler_tasks=("niah_single_9",)), tmp_path / "eval")
     assert not (tmp_path / "eval" / "results.json").exists()
+
+
+def test_a_new_evaluation_task_plugs_in_without_editing_the_runner(tmp_path):
+    """A task registered the way a module in eval/tasks/ does it is checked first, run, resumed and plotted."""
+    from longrope_jax.eval import tasks
+    from longrope_jax.eval.runner import run_evaluation
+
+    calls = []
+
+    @tasks.register_eval_task
+    class CountTokens(tasks.EvalTask):
+        name = "count_tokens_test"
+        order = 50
+        result_sections = ("count_tokens",)
+
+        def enabled(self, eval_cfg):
+            return True
+
+        def check(self, run):
+            calls.append("check")
+            if run.eval_cfg.seed == 123:
+                raise ConfigError("this task cannot run with seed 123")
+
+        def run(self, run):
+            calls.append("run")
+            table = run.results.setdefault("count_tokens", {})
+            for method in ("none", "yarn"):
+                if method not in table:
+                    table[method] = run.spec(method, 1024).max_position_embeddings
+                    run.save()
+
+        def plot(self, run):
+            calls.append("plot")
+            (run.workdir / "count_tokens.txt").write_text(json.dumps(run.results["count_tokens"]))
+
+    try:
+        config = tiny_eval_config(tmp_path, ruler_tasks=())
+        results = run_evaluation(config, tmp_path / "eval")
+        assert calls == ["check", "run", "plot"]
+        assert results["count_tokens"]["none"] == 64 and results["count_tokens"]["yarn"] == 1024
+        assert json.loads((tmp_path / "eval" / "results.json").read_text())["count_tokens"] == results["count_tokens"]
+        assert (tmp_path / "eval" / "count_tokens.txt").exists()
+        config.eval.seed = 123
+        with pytest.raises(ConfigError, match="seed 123"):  # raised before the perplexity task runs
+            run_evaluation(config, tmp_path / "eval2")
+        assert not (tmp_path / "eval2" / "results.json").exists()
+    finally:
+        del tasks._TASKS["count_tokens_test"]

@@ -342,6 +342,31 @@ def test_progressive_stage_scores_what_it_exports(tmp_path):
     assert served == pytest.approx(summary["best_perplexity"], rel=1e-5)
 
 
+def test_verdict_shows_the_figure_served_without_n_hat(tmp_path):
+    """Factors searched with n̂ > 0 (export_target longrope_jax) get a second verdict row: the perplexity of the
+    same factors as transformers / llama.cpp serve them, without n̂; the best method ignores that row."""
+    from longrope_jax.eval.methods import method_spec
+    from longrope_jax.eval.perplexity import PerplexityEvaluator
+    from longrope_jax.loading import load_from_config
+    from longrope_jax.search.job import SERVED_WITHOUT_N_HAT, _held_out
+
+    config = tiny(cache=str(tmp_path / "c.sqlite"), target_length=256, n_hat_choices=(16,), windows=False,
+                  documents=1, verdict_documents=1, export_target="longrope_jax")
+    verdict = run_search(config, tmp_path / "w")["verdict"]
+    model, cfg, tokenizer = load_from_config(config.model)
+    tokens, _ = _held_out(config, cfg, tokenizer, 256)
+    factors = tmp_path / "w" / "rope_scaling.json"
+    without = method_spec(cfg.rope, "longrope", 256, factors, n_hat=0)
+    assert without.n_hat == 0 and method_spec(cfg.rope, "longrope", 256, factors).n_hat == 16
+    served = PerplexityEvaluator(model).perplexity(tokens, [without])[0]
+    assert verdict["perplexity"][SERVED_WITHOUT_N_HAT] == pytest.approx(served, rel=1e-6)
+    assert verdict["perplexity"][SERVED_WITHOUT_N_HAT] != verdict["perplexity"]["searched"]
+    assert verdict["best_method"] != SERVED_WITHOUT_N_HAT
+    hf = run_search(tiny(cache=str(tmp_path / "c2.sqlite"), target_length=256, windows=False, documents=1,
+                         verdict_documents=1), tmp_path / "hf")["verdict"]
+    assert SERVED_WITHOUT_N_HAT not in hf["perplexity"]  # n̂ = 0: what is scored is what every loader serves
+
+
 def test_cli_interrupt_read_only_workdir_and_corrupt_state_give_one_line(tmp_path):
     """Ctrl-C: one resume line and exit 130; a read-only workdir or a corrupt state file: one error line, exit 1."""
     def search(workdir, *extra, **popen):

@@ -61,13 +61,14 @@ def ruler_methods(eval_cfg: Any) -> list[str]:
     return as_list(eval_cfg.get("ruler_methods") or eval_cfg.passkey_methods)
 
 
-def run_ruler(config: Any, results: dict, save: Callable[[], None], model: Transformer, cfg, tokenizer,
-              progress: Callable[[int], None] | None = None) -> None:
-    """results["ruler"][method][task][length] = score, for every configured cell not yet in results."""
-    from longrope_jax.eval import methods as rope_methods
+def run_ruler(eval_cfg: Any, add_bos: bool, results: dict, save: Callable[[], None], model: Transformer, tokenizer,
+              spec_for: Callable[[str, int], RopeSpec], progress: Callable[[int], None] | None = None) -> None:
+    """results["ruler"][method][task][length] = score, for every configured cell not yet in results.
+
+    spec_for(method, length): the rope spec a method runs at that length.
+    """
     from longrope_jax.settings import as_list
 
-    eval_cfg = config.eval
     methods = ruler_methods(eval_cfg)
     table = results.setdefault("ruler", {})
     store = results.setdefault("ruler_records", {})
@@ -92,10 +93,9 @@ def run_ruler(config: Any, results: dict, save: Callable[[], None], model: Trans
                     if progress is not None:
                         progress(1)
 
-                spec = rope_methods.method_spec(cfg.rope, m, length, eval_cfg.factors or None)
-                outcome = ruler_scores(model, tokenizer, spec, task, length, int(eval_cfg.ruler_samples),
-                                       int(eval_cfg.ruler_seed), eval_cfg.ruler_template,
-                                       bool(config.data.add_bos), list(saved), on_sample)
+                outcome = ruler_scores(model, tokenizer, spec_for(m, length), task, length,
+                                       int(eval_cfg.ruler_samples), int(eval_cfg.ruler_seed), eval_cfg.ruler_template,
+                                       add_bos, list(saved), on_sample)
                 table.setdefault(m, {}).setdefault(task, {})[str(length)] = outcome["score"]
                 save()
 

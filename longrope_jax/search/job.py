@@ -37,6 +37,8 @@ from longrope_jax.search.settings import check_search_settings
 from longrope_jax.search.space import space_from_config
 
 SEED_METHODS = ("pi", "ntk", "yarn")
+# The verdict row for n̂ > 0 factors as transformers, vLLM and llama.cpp serve them (they ignore n̂).
+SERVED_WITHOUT_N_HAT = "searched, served without n_hat (hf, gguf)"
 SEEDABLE = tuple(classic_methods())
 
 
@@ -242,10 +244,17 @@ def _verdict(config, model, cfg, held_out: tuple[np.ndarray, list[str]], factors
     methods = [m for m in as_list(config.search.verdict_methods)] + ["longrope"]
     todo = [m for m in methods if m == "longrope" or m not in reused]
     specs = [rope_methods.method_spec(cfg.rope, m, target, factors_path) for m in todo]
+    # With n̂ > 0 (export_target longrope_jax) the HF and GGUF loaders would serve the factors without it.
+    n_hat = int(rope_methods.read_factors(factors_path).get("n_hat", 0) or 0)
+    if n_hat:
+        todo, specs = todo + [SERVED_WITHOUT_N_HAT], specs + [rope_methods.method_spec(cfg.rope, "longrope", target,
+                                                                                        factors_path, n_hat=0)]
     evaluator = PerplexityEvaluator(model, vmap_width=config.model.get("vmap_width", "auto"))
     ppl = dict(zip(todo, evaluator.perplexity(tokens, specs)))
     table = {("searched" if m == "longrope" else m): float(ppl[m] if m in ppl else reused[m]) for m in methods}
-    finite = {m: p for m, p in table.items() if math.isfinite(p)}
+    if n_hat:
+        table[SERVED_WITHOUT_N_HAT] = float(ppl[SERVED_WITHOUT_N_HAT])
+    finite = {m: p for m, p in table.items() if math.isfinite(p) and m != SERVED_WITHOUT_N_HAT}
     return {"held_out_documents": names, "length": target, "perplexity": table,
             "best_method": min(finite, key=finite.get) if finite else None,
             "reused_from_evaluation": sorted(m for m in methods if m in reused and m != "longrope"),
