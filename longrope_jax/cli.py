@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import logging
 import sys
 import traceback
 from typing import Callable
@@ -10,11 +11,26 @@ from typing import Callable
 from longrope_jax.errors import LongRopeError
 
 
+class _DropOrbaxThreadErrors(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno >= logging.ERROR and "orbax" in record.pathname.replace("\\", "/"))
+
+
+def _quiet_background_failures() -> None:
+    """A save that fails in Orbax's background threads (a full disk) is logged there with a traceback per thread,
+    tens of them, and then raised in the main thread, where it becomes our one `error:` line. Keep only that."""
+    absl = logging.getLogger("absl")
+    if not any(isinstance(f, _DropOrbaxThreadErrors) for f in absl.filters):
+        absl.addFilter(_DropOrbaxThreadErrors())
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # "Task exception was never retrieved", the same error
+
+
 def run_main(main: Callable[[], int | None]) -> None:
     """Runs `main`; LongRopeError / ValueError from bad input print `error: ...` and exit 1."""
     from absl import logging as absl_logging
 
     absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every save step at INFO
+    _quiet_background_failures()
     try:
         code = main()
     except (LongRopeError, ValueError, FileNotFoundError) as err:

@@ -48,3 +48,57 @@ def tqdm(*args, **kwargs):
     if kwargs.get("leave") is False:  # nested bars: their finishing line is still useful in a log
         kwargs["leave"] = True
     return _LineTqdm(*args, **kwargs)
+
+
+class StepClock:
+    """Shows, inside one long step (a fine-tuning step can take minutes on a CPU), how long it has run and, once a
+    step has been timed, about how long is left in it; refreshed every `interval` seconds from a helper thread.
+
+    with StepClock(bar, last_seconds) as clock:   # last_seconds: the previous step's duration, or None
+        run_the_step()
+    clock.seconds                                 # this step's duration
+    """
+
+    def __init__(self, bar, last_seconds: float | None, interval: float | None = None, label: str = "step"):
+        import threading
+
+        self.bar, self.last, self.label = bar, last_seconds, label
+        if interval is None:  # a log gets a line per tick, so it ticks at the log's pace
+            default = os.environ.get("LONGROPE_JAX_PROGRESS_SECONDS", "30") if isinstance(bar, _LineTqdm) else "5"
+            interval = float(os.environ.get("LONGROPE_JAX_STEP_CLOCK_SECONDS", default))
+        self.interval = max(float(interval), 0.01)
+        self.seconds = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._tick, daemon=True)
+
+    def text(self, elapsed: float) -> str:
+        step = f"{self.label} {self.bar.n + 1}/{self.bar.total}" if self.bar.total else f"{self.label} {self.bar.n + 1}"
+        if self.last:
+            return f"{step} running {elapsed:.0f} s, about {max(self.last - elapsed, 0.0):.0f} s left in it"
+        return f"{step} running {elapsed:.0f} s (the first step includes compilation)"
+
+    def _tick(self) -> None:
+        import time
+
+        start = time.perf_counter()
+        while not self._stop.wait(self.interval):
+            self.bar.set_description_str(f"{self.bar.desc.split(' [')[0]} [{self.text(time.perf_counter() - start)}]")
+
+    def __enter__(self) -> "StepClock":
+        import time
+
+        self._start = time.perf_counter()
+        self._active = not getattr(self.bar, "disable", False)  # a disabled bar (other hosts of a pod) has no text
+        if self._active:
+            self._desc = self.bar.desc
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import time
+
+        self.seconds = time.perf_counter() - self._start
+        if self._active:
+            self._stop.set()
+            self._thread.join()
+            self.bar.set_description_str(self._desc, refresh=False)

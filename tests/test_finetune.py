@@ -2,6 +2,7 @@
 
 import json
 import signal
+import os
 import subprocess
 import sys
 import time
@@ -55,8 +56,10 @@ def finetune_command(workdir, *extra):
 
 def test_killed_run_resumes_with_identical_losses(tmp_path):
     clean = subprocess.run(finetune_command(tmp_path / "clean"), cwd=ROOT, capture_output=True, text=True,
-                           timeout=600)
+                           timeout=600, env={**os.environ, "LONGROPE_JAX_STEP_CLOCK_SECONDS": "0.01"})
     assert clean.returncode == 0, clean.stderr
+    # Inside a step, the bar says how long it has run (the first one compiles) and then how long is left in it.
+    assert "finetune [step 1/" in clean.stderr and "(the first step includes compilation)" in clean.stderr
     process = subprocess.Popen(finetune_command(tmp_path / "killed"), cwd=ROOT, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     metrics = tmp_path / "killed" / "metrics.jsonl"
@@ -194,8 +197,10 @@ def test_bad_finetune_settings_fail_before_anything_is_written(tmp_path, field, 
 
 def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous_one(tmp_path):
     clean = subprocess.run(finetune_command(tmp_path / "clean"), cwd=ROOT, capture_output=True, text=True,
-                           timeout=600)
+                           timeout=600, env={**os.environ, "LONGROPE_JAX_STEP_CLOCK_SECONDS": "0.01"})
     assert clean.returncode == 0, clean.stderr
+    # Inside a step, the bar says how long it has run (the first one compiles) and then how long is left in it.
+    assert "finetune [step 1/" in clean.stderr and "(the first step includes compilation)" in clean.stderr
     first = subprocess.run(finetune_command(tmp_path / "run", "--config.finetune.stop_after=8"), cwd=ROOT,
                            capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr
@@ -211,3 +216,46 @@ def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous_one(tmp_path):
     assert "resuming fine-tuning at step 4 of 14" in resumed.stdout + resumed.stderr
     want = [(r["step"], r["loss"]) for r in read_metrics(tmp_path / "clean" / "metrics.jsonl")]
     assert [(r["step"], r["loss"]) for r in read_metrics(tmp_path / "run" / "metrics.jsonl")] == want
+
+
+def test_a_full_disk_during_an_async_checkpoint_is_one_line_naming_the_kept_step():
+    """Orbax raises a full disk from its background threads as tensorstore words it (or as OSError 28) and logs a
+    traceback per thread; the trainer names the checkpoint directory and the last complete step instead, and the
+    CLI keeps only that line. (Checked for real on a 500 KB tmpfs: one `error:` line, exit 1, and after freeing
+    space the rerun resumed at step 4 and ended with the clean run's loss.)"""
+    import errno
+    import logging
+    from types import SimpleNamespace
+
+    from longrope_jax.train.trainer import Trainer
+
+    def failing(err):
+        def call():
+            raise err
+        return call
+
+    trainer = SimpleNamespace(manager=SimpleNamespace(latest_step=lambda: 4), workdir=Path("/runs/ft"))
+    tensorstore = ValueError('RESOURCE_EXHAUSTED: Error writing "1.0.count/0" in OCDBT database: Failed to write '
+                             "74393 bytes to file 4: No space left on device [os_error_code='28']")
+    for err in (tensorstore, OSError(errno.ENOSPC, "No space left on device")):
+        with pytest.raises(OSError) as raised:
+            Trainer._checkpoint_io(trainer, failing(err))
+        assert raised.value.errno == errno.ENOSPC and raised.value.filename == "/runs/ft/checkpoints"
+        assert "the last complete one, step 4, is kept" in raised.value.strerror
+    other = ValueError("shape mismatch")
+    with pytest.raises(ValueError, match="shape mismatch"):
+        Trainer._checkpoint_io(trainer, failing(other))
+    assert Trainer._checkpoint_io(trainer, lambda: 7) == 7
+
+    from longrope_jax.cli import _quiet_background_failures
+
+    _quiet_background_failures()
+    absl = logging.getLogger("absl")
+
+    def kept(path: str, level: int) -> bool:
+        record = logging.LogRecord("absl", level, path, 1, "boom", None, None)
+        return all(f.filter(record) for f in absl.filters)
+
+    assert not kept("/site-packages/orbax/checkpoint/_src/futures/future.py", logging.ERROR)
+    assert kept("/site-packages/orbax/checkpoint/checkpoint_manager.py", logging.WARNING)
+    assert kept("/work/longrope_jax/train/trainer.py", logging.ERROR)

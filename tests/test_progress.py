@@ -19,3 +19,28 @@ def test_a_search_piped_to_a_file_reports_progress_as_plain_lines(tmp_path):
     lines = [line for line in done.stderr.splitlines() if line.startswith("search:")]
     assert len(lines) >= 3 and "best_ppl=" in lines[-1] and "gen/s" in lines[-1]
     assert any("cand·doc/s" in line for line in done.stderr.splitlines())
+
+
+def test_a_long_step_shows_how_long_it_has_run_and_how_long_is_left():
+    import io
+    import re
+    import time
+
+    from longrope_jax.progress import StepClock, tqdm
+
+    log = io.StringIO()
+    bar = tqdm(total=3, desc="finetune", file=log, mininterval=0)
+    with StepClock(bar, None, interval=0.05) as first:
+        time.sleep(0.3)
+    bar.update(1)
+    with StepClock(bar, first.seconds + 10.0, interval=0.05):
+        time.sleep(0.3)
+    bar.update(1)
+    text = log.getvalue()
+    assert "finetune [step 1/3 running 0 s (the first step includes compilation)]" in text
+    assert re.search(r"finetune \[step 2/3 running 0 s, about 1[01] s left in it\]", text)
+    assert bar.desc == "finetune" and 0.3 <= first.seconds < 1.0
+    disabled = tqdm(total=3, disable=True)
+    with StepClock(disabled, 1.0, interval=0.01) as clock:  # other hosts of a pod: no bar, still timed
+        time.sleep(0.05)
+    assert clock.seconds >= 0.05

@@ -8,9 +8,10 @@ fingerprint; a run restores onto any mesh and continues with identical losses.
 
 from __future__ import annotations
 
+import errno
 import json
 import sys
-import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding, PartitionSpec
-from longrope_jax.progress import tqdm
+from longrope_jax.progress import StepClock, tqdm
 
 from longrope_jax.errors import CheckpointError, ConfigError
 from longrope_jax.model.config import ModelConfig, config_to_dict, without_speed_settings
@@ -124,9 +125,24 @@ class Trainer:
             return
         meta = {"step": self.step, "fingerprint": self.fingerprint(),
                 "data": train_data.iterator_state(iterators)}
-        self.manager.save(self.step, args=ocp.args.Composite(
+        self._checkpoint_io(lambda: self.manager.save(self.step, args=ocp.args.Composite(
             params=ocp.args.StandardSave(self.params), opt_state=ocp.args.StandardSave(self.opt_state),
-            meta=ocp.args.JsonSave(meta)), force=True)
+            meta=ocp.args.JsonSave(meta)), force=True))
+
+    def _checkpoint_io(self, call: Callable[[], Any]) -> Any:
+        """Runs a checkpoint call; a full disk, however Orbax or tensorstore words it, becomes one OSError naming
+        the checkpoint directory and the last complete step (which Orbax keeps: it renames a save into place only
+        once it is whole)."""
+        try:
+            return call()
+        except Exception as err:  # tensorstore reports ENOSPC as ValueError("RESOURCE_EXHAUSTED: ...")
+            if not _is_disk_full(err):
+                raise
+            kept = self.manager.latest_step()
+            raise OSError(errno.ENOSPC, f"no space left on the device while writing a checkpoint (the last complete "
+                                        f"one, step {kept}, is kept)" if kept is not None else
+                          "no space left on the device while writing the first checkpoint",
+                          str(self.workdir / "checkpoints")) from None
 
     def restore_latest(self, iterators: dict) -> bool:
         """Restores the newest readable checkpoint; one that cannot be read (truncated, bit-flipped) is reported,
@@ -180,19 +196,21 @@ class Trainer:
         out = []
         # stop_after ends this invocation early (time-boxed sessions) without changing the schedule.
         last = min(int(cfg.steps), self.step + int(cfg.stop_after)) if int(cfg.stop_after) else int(cfg.steps)
+        last_seconds = None
         with tqdm(total=int(cfg.steps), initial=self.step, desc="finetune", unit="step", disable=not primary) as bar:
             while self.step < last:
                 # An async save that failed in Orbax's background thread stops the run here, not silently later.
-                self.manager.check_for_errors()
+                self._checkpoint_io(self.manager.check_for_errors)
                 kind = "long" if train_data.step_is_long(self.step, float(cfg.long_ratio), int(cfg.seed)) \
                     else "short"
                 # Each process holds its rows of the global batch (all of them on one host).
                 tokens = jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(next(iterators[kind])))
-                start = time.perf_counter()
-                self.params, self.opt_state, loss = self._step_fn(self.params, self.opt_state, tokens,
-                                                                  self.ropes[kind])
-                loss = float(loss)
-                seconds = time.perf_counter() - start
+                # A step can run for minutes: the bar says how long this one has run and how long is left in it.
+                with StepClock(bar, last_seconds) as clock:
+                    self.params, self.opt_state, loss = self._step_fn(self.params, self.opt_state, tokens,
+                                                                      self.ropes[kind])
+                    loss = float(loss)
+                seconds = last_seconds = clock.seconds
                 self.step += 1
                 record = {"step": self.step, "loss": loss, "kind": kind, "seq_len": int(tokens.shape[1] - 1),
                           "step_seconds": seconds, "tokens_per_second": tokens.size / seconds}
@@ -205,8 +223,8 @@ class Trainer:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}", kind=kind, tok_s=f"{record['tokens_per_second']:.0f}")
         self.save(iterators, force=True)
-        self.manager.wait_until_finished()
-        self.manager.check_for_errors()
+        self._checkpoint_io(self.manager.wait_until_finished)
+        self._checkpoint_io(self.manager.check_for_errors)
         return out
 
     def final_model_params(self) -> dict:
@@ -215,6 +233,12 @@ class Trainer:
             from jax.experimental import multihost_utils
             return jax.tree.map(np.asarray, multihost_utils.process_allgather(self.params, tiled=True))
         return jax.tree.map(np.asarray, self.params)
+
+
+def _is_disk_full(err: BaseException) -> bool:
+    text = str(err)
+    return (isinstance(err, OSError) and err.errno == errno.ENOSPC) or "No space left on device" in text \
+        or "os_error_code='28'" in text
 
 
 def _read_jsonl(path: Path) -> list[dict]:
