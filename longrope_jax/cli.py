@@ -25,12 +25,52 @@ def _quiet_background_failures() -> None:
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # "Task exception was never retrieved", the same error
 
 
+_INTERRUPTED = "interrupted; rerun the same command to resume"
+_interrupt_reported = False
+_wakeup_sockets: list = []
+# After Ctrl-C, how long the main thread gets to stop by itself before the process is ended for it.
+INTERRUPT_GRACE_SECONDS = 3.0
+
+
+def _exit_promptly_on_interrupt() -> None:
+    """Ctrl-C during a compiled step (minutes on a CPU) reaches Python only when the step returns. A helper thread
+    is told of the signal at once (signal.set_wakeup_fd) and, if the main thread has not stopped within the grace
+    time, prints the resume line and ends the process with 130. Every state file is written atomically and an
+    unfinished Orbax save is a temporary directory discarded on the next run, so nothing is left half-written."""
+    import os
+    import signal
+    import socket
+    import threading
+    import time
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+    receiver, sender = socket.socketpair()
+    sender.setblocking(False)
+    try:
+        signal.set_wakeup_fd(sender.fileno(), warn_on_full_buffer=False)
+    except ValueError:  # not the main thread of the main interpreter
+        return
+
+    def watch() -> None:
+        while True:
+            if receiver.recv(1) == bytes([signal.SIGINT]):
+                time.sleep(INTERRUPT_GRACE_SECONDS)
+                if not _interrupt_reported:
+                    print(_INTERRUPTED, file=sys.stderr, flush=True)
+                os._exit(130)
+
+    _wakeup_sockets.extend((receiver, sender))  # the signal module holds only the fd number
+    threading.Thread(target=watch, name="interrupt-watch", daemon=True).start()
+
+
 def run_main(main: Callable[[], int | None]) -> None:
     """Runs `main`; LongRopeError / ValueError from bad input print `error: ...` and exit 1."""
     from absl import logging as absl_logging
 
     absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every save step at INFO
     _quiet_background_failures()
+    _exit_promptly_on_interrupt()
     try:
         code = main()
     except (LongRopeError, ValueError, FileNotFoundError) as err:
@@ -46,7 +86,9 @@ def run_main(main: Callable[[], int | None]) -> None:
               f"rerun the same command to resume", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
-        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        global _interrupt_reported
+        _interrupt_reported = True
+        print(_INTERRUPTED, file=sys.stderr, flush=True)
         sys.exit(130)
     sys.exit(code or 0)
 

@@ -52,3 +52,34 @@ def test_pipeline_bad_settings_leave_no_stage_half_started(tmp_path, flag, messa
     if manifest.exists():  # a corrected command must not be refused for "different settings"
         import json
         assert all(e["status"] != "running" for e in json.loads(manifest.read_text())["stages"].values())
+
+
+def test_ctrl_c_inside_a_long_compiled_step_stops_within_seconds(tmp_path):
+    """A signal reaches Python only between bytecodes, so a minutes-long XLA step would keep Ctrl-C waiting; the
+    CLI's helper thread ends the process after the grace time with the one resume line and status 130."""
+    import signal
+    import time
+
+    script = tmp_path / "long_step.py"
+    script.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"
+        "from longrope_jax.cli import run_main\n\n"
+        "def main():\n"
+        "    import jax, jax.numpy as jnp\n"
+        "    inner = lambda i, v: jax.lax.fori_loop(0, 100000, lambda j, w: w * 1.0000001 + 1e-9, v)\n"
+        "    step = jax.jit(lambda x: jax.lax.fori_loop(0, 100000, inner, x))\n"
+        "    print('started', flush=True)\n"
+        "    step(jnp.float32(1.0)).block_until_ready()  # about a minute on a 2-core CPU\n"
+        "    print('finished', flush=True)\n\n"
+        "run_main(main)\n")
+    process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    assert process.stdout.readline().strip() == "started"
+    time.sleep(1.0)
+    sent = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    waited = time.monotonic() - sent
+    assert process.returncode == 130 and err == "interrupted; rerun the same command to resume\n", err
+    assert "finished" not in out and waited < 15, waited
