@@ -1,6 +1,6 @@
 """Is the GGUF export what llama.cpp serves? Logits and perplexity from a real llama.cpp beside ours.
 
-  python -m benchmarks.llama_cpp_parity [--models mini,smollm2] [--out benchmarks/results/llama_cpp_parity.json]
+  python -m benchmarks.llama_cpp_parity [--models mini,smollm2[,smollm2_32k]] [--out ...llama_cpp_parity.json]
 
 Needs llama-cpp-python (which vendors llama.cpp), built from its PyPI source with cmake and a Debian compiler:
 
@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MODELS = {
     "mini": ("tests/fixtures/mini_llama", "experiments/results/mini_8x/rope_scaling.json", 2048),
     "smollm2": ("smollm2", "experiments/results/smollm2_16k/rope_scaling.json", 16384),
+    "smollm2_32k": ("smollm2", "experiments/results/smollm2_32k/rope_scaling.json", 32768),
 }
 PROMPT_TOKENS = 64
 

@@ -309,8 +309,12 @@ def _report(config, base_bundle, export: dict, manifest: dict, out: Path) -> dic
         table.setdefault("base model (none)", {})[length] = float(
             PerplexityEvaluator(model, vmap_width=vmap_width).perplexity(tokens, [cfg.rope])[0])
         specs = [rope_methods.method_spec(cfg.rope, m, length) for m in methods] + [result_cfg.rope]
+        names_of_specs = [*methods, "longrope (result)"]
+        if result_cfg.rope.n_hat:  # what transformers, vLLM and llama.cpp serve: the same factors without n̂
+            specs.append(result_cfg.rope.replace(n_hat=0))
+            names_of_specs.append("longrope (result, served without n_hat)")
         ppl = PerplexityEvaluator(result_model, vmap_width=vmap_width).perplexity(tokens, specs)
-        for m, value in zip([*methods, "longrope (result)"], ppl):
+        for m, value in zip(names_of_specs, ppl):
             table.setdefault(m, {})[length] = float(value)
     out.mkdir(parents=True, exist_ok=True)
     original = cfg.rope.original_length

@@ -168,3 +168,30 @@ def test_a_stage_fingerprints_what_it_uses_and_nothing_else(tmp_path):
     (older / "manifest.json").write_text(json.dumps(pipeline.manifest))
     with pytest.raises(ConfigError, match=r"\(pipeline\)"):
         run_search_long(config, older)
+
+
+def test_report_shows_the_result_served_without_n_hat_beside_the_scored_one(tmp_path):
+    sys.path.insert(0, str(ROOT))
+    from configs.tiny import get_config
+    from longrope_jax.loading import load_from_config
+    from longrope_jax.pipeline import _export, _report
+
+    config = get_config()
+    config.eval.lengths = (128,)
+    bundle = load_from_config(config.model)
+    factors = tmp_path / "long.json"
+    factors.write_text(json.dumps({"long_factor": [1.0, 1.5, 2.0, 2.0], "n_hat": 16}))
+    export = _export(bundle, str(factors), None, 256, tmp_path / "export")
+    table = _report(config, bundle, export, {"stages": {}}, tmp_path / "report")["perplexity"]
+    scored, served = table["longrope (result)"]["128"], table["longrope (result, served without n_hat)"]["128"]
+    assert served != scored
+    model, cfg, _ = bundle
+    from longrope_jax.data.documents import first_documents
+    from longrope_jax.data.sources import load_token_documents, text_source
+    from longrope_jax.loading import load_model
+    docs = load_token_documents(text_source(config.data, config.eval.split), bundle[2])
+    tokens, _ = first_documents(docs, 128, int(config.eval.documents))
+    exported, exported_cfg = load_model(export["orbax_dir"])
+    assert exported_cfg.rope.n_hat == 16
+    expected = PerplexityEvaluator(exported).perplexity(tokens, [exported_cfg.rope.replace(n_hat=0)])[0]
+    assert served == pytest.approx(expected, rel=1e-6)
