@@ -78,8 +78,14 @@ def run_main(main: Callable[[], int | None]) -> None:
         sys.exit(1)
     except OSError as err:  # a read-only workdir, a full disk: the path and the cause, not a traceback
         if err.errno == errno.ENOENT or "No such file" in str(err):
-            print(f"error: {err.filename + ': ' if err.filename else ''}no such file or directory ({err}); check "
-                  f"the path", file=sys.stderr)
+            import re
+
+            # ml_collections words a missing --config file over several lines; the path is in its last one.
+            named = re.search(r"No such file or directory: '([^']+)'", str(err))
+            path = err.filename or (named.group(1) if named else None)
+            detail = "" if named or not str(err) else f" ({' '.join(str(err).split())})"
+            print(f"error: {path + ': ' if path else ''}no such file or directory{detail}; check the path",
+                  file=sys.stderr)
             sys.exit(1)
         where = f"{err.filename}: " if err.filename else ""
         print(f"error: {where}{err.strerror or err}; check that the path is writable and the disk has room, then "
