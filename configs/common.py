@@ -56,7 +56,9 @@ def base_config() -> ml_collections.ConfigDict:
     # The progressive pipeline (experiments.extend): first_target for λ1 + fine-tuning, final_target for λ2.
     config.pipeline = ml_collections.ConfigDict(dict(
         stages="search_long,finetune,search_final,search_short,export,report", first_target=16384,
-        final_target=32768, short_length=0, short_upper=1.25, short_evo_scale=0.125))
+        final_target=32768, short_length=0, short_upper=1.25, short_evo_scale=0.125,
+        # Retrieval in the report, for the result at the original and the final length (0 / () turn it off).
+        report_passkey_trials=2, report_ruler_tasks=("niah_single_1",), report_ruler_samples=2))
     # Multi-host (TPU pod slice): "auto" joins the hosts when the environment says there are several; set
     # coordinator_address/num_processes/process_id to launch by hand elsewhere.
     config.distributed = ml_collections.ConfigDict(dict(initialize="auto", coordinator_address="",

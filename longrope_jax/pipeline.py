@@ -32,7 +32,10 @@ MANIFEST = "manifest.json"
 
 # Settings added after workdirs already existed, left out of stage fingerprints while at these values so finished
 # stages of older workdirs still match. verdict_results never matters here: the pipeline turns the verdict off.
-_LATER_DEFAULTS = {"search": {"seed_methods": ["pi", "ntk", "yarn"], "seed_scales": [1.0]}}
+_LATER_DEFAULTS = {"search": {"seed_methods": ["pi", "ntk", "yarn"], "seed_scales": [1.0]},
+                   "pipeline": {"report_passkey_trials": 2, "report_ruler_tasks": ["niah_single_1"],
+                                "report_ruler_samples": 2}}
+REPORT_SETTINGS = ("report_passkey_trials", "report_ruler_tasks", "report_ruler_samples")
 # Speed / memory settings that never change the results; also dropped from fingerprints stored before they were
 # left out, so switching them (e.g. model.remat) never invalidates a finished stage.
 _NOT_FINGERPRINTED = {"search": ("verdict_results",), "model": SPEED_ONLY_MODEL_KEYS}
@@ -73,6 +76,15 @@ def _check_targets(pipeline: Any, original: int) -> None:
                           f"least {first}")
     if short < 0 or short > original:
         raise ConfigError(f"pipeline.short_length={short} must be in [0, {original}] (0: the native length)")
+    from longrope_jax.eval import ruler
+    from longrope_jax.settings import as_list
+
+    if int(pipeline.get("report_passkey_trials", 0)) < 0:
+        raise ConfigError(f"pipeline.report_passkey_trials={pipeline.report_passkey_trials} must be >= 0 (0: none)")
+    for task in as_list(pipeline.get("report_ruler_tasks", ())):
+        ruler.task_args(task)  # an unknown task fails here, not after the searches
+    if as_list(pipeline.get("report_ruler_tasks", ())) and int(pipeline.get("report_ruler_samples", 1)) < 1:
+        raise ConfigError(f"pipeline.report_ruler_samples={pipeline.report_ruler_samples} must be >= 1")
 
 
 class Pipeline:
@@ -116,8 +128,10 @@ class Pipeline:
         uses = {name: _section(config, name) for name in _STAGE_SECTIONS[stage]}
         for name, key in (("search", "base_factors"), ("finetune", "factors")):
             uses.get(name, {}).pop(key, None)  # a path inside the workdir; its contents are in `inputs`
-        if stage in ("export", "search_final", "finetune"):
+        if stage in ("export", "search_final", "finetune", "report"):
             uses["final_target"] = int(self.config.pipeline.final_target)
+        if stage == "report":
+            uses["retrieval"] = {k: self.config.pipeline.get(k) for k in REPORT_SETTINGS if k in self.config.pipeline}
         return json.loads(json.dumps({"version": FINGERPRINT_VERSION, **uses, "inputs": inputs}))
 
     def _legacy_fingerprint(self, stage: str, inputs: dict) -> dict:
@@ -326,6 +340,13 @@ def _report(config, base_bundle, export: dict, manifest: dict, out: Path) -> dic
     plots.plot_factors(factors, out / "factors.png", title=f"Factors for {final} tokens")
     lengths = sorted({l for by in table.values() for l in by})
     rows = [f"| {m} | " + " | ".join(f"{by[l]:.2f}" for l in lengths) + " |" for m, by in table.items()]
+    from longrope_jax.eval.report_retrieval import retrieval_markdown, retrieval_table
+    p = config.pipeline
+    retrieval_lengths = sorted({original, final})
+    retrieval = retrieval_table(result_model, tokenizer, result_cfg.rope, retrieval_lengths,
+                                int(p.get("report_passkey_trials", 0)), as_list(p.get("report_ruler_tasks", ())),
+                                int(p.get("report_ruler_samples", 1)), int(config.eval.seed),
+                                bool(config.data.add_bos))
     stages = "\n".join(f"- {name}: {entry['status']}, {entry.get('seconds', 0):.0f} s"
                        for name, entry in manifest["stages"].items())
     report = (f"# LongRoPE extension report: {config.name}\n\n"
@@ -334,9 +355,12 @@ def _report(config, base_bundle, export: dict, manifest: dict, out: Path) -> dic
               f"none / pi / yarn and the result run on the extended model's weights; 'base model (none)' is the "
               f"model as given, with its own RoPE.\n\n"
               f"| method | " + " | ".join(str(l) for l in lengths) + " |\n|---|" + "---|" * len(lengths) + "\n"
-              + "\n".join(rows) + "\n\n![perplexity](perplexity_vs_length.png)\n\n![factors](factors.png)\n\n"
+              + "\n".join(rows) + "\n\n![perplexity](perplexity_vs_length.png)\n\n"
+              f"## Retrieval (the result, served with its short/long rule)\n\n"
+              + retrieval_markdown(retrieval, retrieval_lengths) + "\n![factors](factors.png)\n\n"
               f"HF export: `{export['hf_dir']}` (rope_scaling: `{export['rope_scaling']}`)\n")
     write_text_atomic(out / "report.md", report)
     write_json_atomic(out / "perplexity.json", {m: {str(l): v for l, v in by.items()} for m, by in table.items()})
+    write_json_atomic(out / "retrieval.json", retrieval)
     return {"report": str(out / "report.md"), "perplexity": {m: {str(l): v for l, v in by.items()}
-                                                              for m, by in table.items()}}
+                                                              for m, by in table.items()}, "retrieval": retrieval}

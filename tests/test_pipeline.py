@@ -182,7 +182,13 @@ def test_report_shows_the_result_served_without_n_hat_beside_the_scored_one(tmp_
     factors = tmp_path / "long.json"
     factors.write_text(json.dumps({"long_factor": [1.0, 1.5, 2.0, 2.0], "n_hat": 16}))
     export = _export(bundle, str(factors), None, 256, tmp_path / "export")
-    table = _report(config, bundle, export, {"stages": {}}, tmp_path / "report")["perplexity"]
+    report = _report(config, bundle, export, {"stages": {}}, tmp_path / "report")
+    table = report["perplexity"]
+    # Retrieval beside perplexity, at the original (64: too short for either prompt) and the final length.
+    assert report["retrieval"]["passkey"]["64"] is None and 0.0 <= report["retrieval"]["passkey"]["256"] <= 1.0
+    assert set(report["retrieval"]["ruler"]) == {"niah_single_1"}
+    assert json.loads((tmp_path / "report" / "retrieval.json").read_text()) == report["retrieval"]
+    assert "## Retrieval" in (tmp_path / "report" / "report.md").read_text()
     scored, served = table["longrope (result)"]["128"], table["longrope (result, served without n_hat)"]["128"]
     assert served != scored
     model, cfg, _ = bundle

@@ -100,6 +100,8 @@ def search_mesh(search_cfg: Any) -> Mesh | None:
 
 def run_search(config: Any, workdir: str | Path, model_bundle=None) -> dict:
     """Searches LongRoPE factors for config.search.target_length; returns summary.json's content."""
+    from longrope_jax.rope import default_inv_freq
+
     workdir = Path(workdir)
     search_cfg = config.search.copy_and_resolve_references()
     search_cfg.update(scaled_budget(config.search))
@@ -108,45 +110,11 @@ def run_search(config: Any, workdir: str | Path, model_bundle=None) -> dict:
     original = base.original_length
     check_search_settings(config.search, original)
     target = int(search_cfg.target_length)
-    scale = target / original
-    # The attention scale belongs to the final long context (Phi-3 rule: one scale for short and long factors).
-    scale_target = int(search_cfg.scale_target or target)
-    spec_for_scale = longrope_spec(base, [1.0] * base.half_dim, max_position_embeddings=max(scale_target,
-                                                                                            original + 1))
-    from longrope_jax.rope import attention_scale, default_inv_freq
-    mscale = attention_scale(spec_for_scale)
-    # Progressive extension: λ2 is searched on top of fixed λ1 (base_factors, searched for base_length), the
-    # candidates divide the already-rescaled frequencies, and the saved factors are λ2 ⊙ λ1.
-    base_factors = np.ones(base.half_dim)
-    base_length = original
-    if search_cfg.base_factors:
-        base_factors = np.asarray(rope_methods.read_factors(search_cfg.base_factors, base.half_dim)["long_factor"],
-                                  np.float64)
-        base_length = int(search_cfg.base_length or original)
-    scale = target / base_length
-    space = space_from_config(search_cfg, base.half_dim, max(scale, 1.0), base.rotary_dim, base.theta, original)
-
-    add_bos = bool(config.data.add_bos)
-    loss_mask = None
-    if search_cfg.fitness == "needle":
-        # LongRoPE2's needle-driven perplexity: loss only on a magic number's answer tokens at the end.
-        from longrope_jax.eval.needle_ppl import needle_documents
-        source = text_source(config.data, config.data.search_split)
-        texts = [source[i]["text"] for i in range(len(source))]
-        batch = needle_documents(tokenizer, texts, target, int(search_cfg.documents), seed=int(search_cfg.seed),
-                                 bos_id=cfg.bos_token_id if add_bos else None)
-        documents, loss_mask = batch.tokens, batch.loss_mask
-        used = [f"needle sample {i} (depth {d:.2f})" for i, d in enumerate(batch.depths)]
-    elif search_cfg.fitness != "perplexity":
-        raise ConfigError(f"unknown search.fitness {search_cfg.fitness!r}; use 'perplexity' or 'needle'")
-    elif search_cfg.windows:
-        search_docs = load_token_documents(text_source(config.data, config.data.search_split), tokenizer)
-        documents, where = random_windows(search_docs, target, int(search_cfg.documents), windows_seed(search_cfg),
-                                          add_bos, cfg.bos_token_id)
-        used = [f"{name}@{start}" for name, start in where]
-    else:
-        search_docs = load_token_documents(text_source(config.data, config.data.search_split), tokenizer)
-        documents, used = first_documents(search_docs, target, int(search_cfg.documents), add_bos, cfg.bos_token_id)
+    mscale = _attention_scale(base, int(search_cfg.scale_target or target))
+    base_factors, base_length = _base_factors(search_cfg, base)
+    space = space_from_config(search_cfg, base.half_dim, max(target / base_length, 1.0), base.rotary_dim,
+                              base.theta, original)
+    documents, loss_mask, used = _search_documents(config, search_cfg, cfg, tokenizer, target)
     seed_base = RopeSpec(head_dim=base.head_dim, theta=base.theta, partial_rotary_factor=base.partial_rotary_factor,
                          max_position_embeddings=base_length)
     seeds = list(seed_factors(seed_base, target, as_list(search_cfg.seed_methods),
@@ -154,20 +122,7 @@ def run_search(config: Any, workdir: str | Path, model_bundle=None) -> dict:
     if len(seeds) > int(search_cfg.population):
         raise ConfigError(f"{len(seeds)} seeds (search.seed_methods × search.seed_scales) do not fit in a population "
                           f"of {search_cfg.population}; raise search.population or use fewer seeds")
-    # Check the verdict's settings (methods, verdict_results file) before hours of search, not after.
-    baselines, held_out = {}, None
-    for method in as_list(search_cfg.verdict_methods) if search_cfg.verdict_documents else []:
-        if method in ("longrope", "phi3") or method not in rope_methods.METHODS:
-            raise ConfigError(f"search.verdict_methods: {method!r} is not a baseline; use some of none, pi, ntk, "
-                              f"dynamic, yarn (the searched factors are always compared)")
-    if search_cfg.verdict_documents:
-        check_splits_apart(config.data, config.data.search_split, config.data.held_out_split)
-        held_out = _held_out(config, cfg, tokenizer, target)  # tokenised once: the checks below and the verdict
-    if search_cfg.verdict_documents and search_cfg.verdict_results:
-        if model_bundle is not None:
-            raise ConfigError("search.verdict_results cannot be used with a model handed in by the pipeline (its "
-                              "baselines were measured on config.model); leave it empty")
-        baselines = _measured_baselines(config, search_cfg.verdict_results, target, held_out[1])
+    baselines, held_out = _verdict_inputs(config, search_cfg, cfg, tokenizer, target, model_bundle)
     # Everything a score depends on: the whole model (config incl. compute dtype, every parameter), the documents
     # and what counts in them, the target, the attention scale, the space's fixed parts and λ1 of a second stage.
     namespace = fingerprint(FITNESS_KEY_VERSION, model_identity(model), documents, target, round(mscale, 9),
@@ -196,6 +151,67 @@ def run_search(config: Any, workdir: str | Path, model_bundle=None) -> dict:
                                       baselines)
         write_json_atomic(workdir / "summary.json", summary)
     return summary
+
+
+def _attention_scale(base: RopeSpec, scale_target: int) -> float:
+    """The cos/sin scale of the final long context (Phi-3 rule: one scale for short and long factors)."""
+    from longrope_jax.rope import attention_scale
+
+    original = base.original_length
+    return attention_scale(longrope_spec(base, [1.0] * base.half_dim,
+                                         max_position_embeddings=max(scale_target, original + 1)))
+
+
+def _base_factors(search_cfg: Any, base: RopeSpec) -> tuple[np.ndarray, int]:
+    """(λ1, the length it was searched for): a second, progressive stage searches λ2 on top of a fixed λ1, the
+    candidates divide the already-rescaled frequencies and the saved factors are λ2 ⊙ λ1. Ones otherwise."""
+    if not search_cfg.base_factors:
+        return np.ones(base.half_dim), base.original_length
+    factors = rope_methods.read_factors(search_cfg.base_factors, base.half_dim)["long_factor"]
+    return np.asarray(factors, np.float64), int(search_cfg.base_length or base.original_length)
+
+
+def _search_documents(config: Any, search_cfg: Any, cfg, tokenizer, target: int
+                      ) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+    """(tokens (D, target), loss mask or None, a name per document) that the fitness scores."""
+    add_bos = bool(config.data.add_bos)
+    if search_cfg.fitness == "needle":
+        # LongRoPE2's needle-driven perplexity: loss only on a magic number's answer tokens at the end.
+        from longrope_jax.eval.needle_ppl import needle_documents
+        source = text_source(config.data, config.data.search_split)
+        texts = [source[i]["text"] for i in range(len(source))]
+        batch = needle_documents(tokenizer, texts, target, int(search_cfg.documents), seed=int(search_cfg.seed),
+                                 bos_id=cfg.bos_token_id if add_bos else None)
+        return batch.tokens, batch.loss_mask, [f"needle sample {i} (depth {d:.2f})" for i, d in
+                                               enumerate(batch.depths)]
+    if search_cfg.fitness != "perplexity":
+        raise ConfigError(f"unknown search.fitness {search_cfg.fitness!r}; use 'perplexity' or 'needle'")
+    search_docs = load_token_documents(text_source(config.data, config.data.search_split), tokenizer)
+    if search_cfg.windows:
+        documents, where = random_windows(search_docs, target, int(search_cfg.documents), windows_seed(search_cfg),
+                                          add_bos, cfg.bos_token_id)
+        return documents, None, [f"{name}@{start}" for name, start in where]
+    documents, used = first_documents(search_docs, target, int(search_cfg.documents), add_bos, cfg.bos_token_id)
+    return documents, None, used
+
+
+def _verdict_inputs(config: Any, search_cfg: Any, cfg, tokenizer, target: int, model_bundle
+                    ) -> tuple[dict[str, float], tuple[np.ndarray, list[str]] | None]:
+    """(baselines measured before, held-out tokens) for the verdict, checked before hours of search, not after."""
+    if not search_cfg.verdict_documents:
+        return {}, None
+    for method in as_list(search_cfg.verdict_methods):
+        if method in ("longrope", "phi3") or method not in rope_methods.METHODS:
+            raise ConfigError(f"search.verdict_methods: {method!r} is not a baseline; use some of none, pi, ntk, "
+                              f"dynamic, yarn (the searched factors are always compared)")
+    check_splits_apart(config.data, config.data.search_split, config.data.held_out_split)
+    held_out = _held_out(config, cfg, tokenizer, target)  # tokenised once: the checks below and the verdict
+    if not search_cfg.verdict_results:
+        return {}, held_out
+    if model_bundle is not None:
+        raise ConfigError("search.verdict_results cannot be used with a model handed in by the pipeline (its "
+                          "baselines were measured on config.model); leave it empty")
+    return _measured_baselines(config, search_cfg.verdict_results, target, held_out[1]), held_out
 
 
 def _write_outputs(config, workdir, cfg, best, best_ppl, state, mscale, target, seeds, used, base_factors) -> dict:
