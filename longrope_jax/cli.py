@@ -32,10 +32,22 @@ _wakeup_sockets: list = []
 INTERRUPT_GRACE_SECONDS = 3.0
 
 
+def _exit_on_interrupt(signum, frame) -> None:
+    """SIGINT: the resume line and exit 130 at once. Raising KeyboardInterrupt instead would surface wherever the
+    main thread happens to be, e.g. inside a garbage-collection callback, where Python prints it as a traceback."""
+    import os
+
+    global _interrupt_reported
+    _interrupt_reported = True
+    print(_INTERRUPTED, file=sys.stderr, flush=True)
+    os._exit(130)
+
+
 def _exit_promptly_on_interrupt() -> None:
-    """Ctrl-C during a compiled step (minutes on a CPU) reaches Python only when the step returns. A helper thread
-    is told of the signal at once (signal.set_wakeup_fd) and, if the main thread has not stopped within the grace
-    time, prints the resume line and ends the process with 130. Every state file is written atomically and an
+    """Ctrl-C ends a run with one line and status 130. The Python-level handler runs only between bytecodes, and a
+    compiled step (minutes on a CPU) returns to Python only when it ends; so a helper thread is also told of the
+    signal at once (signal.set_wakeup_fd) and, if the process is still there after the grace time, ends it. Every
+    state file is written atomically, the fitness cache is SQLite (a transaction in flight rolls back) and an
     unfinished Orbax save is a temporary directory discarded on the next run, so nothing is left half-written."""
     import os
     import signal
@@ -45,6 +57,7 @@ def _exit_promptly_on_interrupt() -> None:
 
     if threading.current_thread() is not threading.main_thread():
         return
+    signal.signal(signal.SIGINT, _exit_on_interrupt)
     receiver, sender = socket.socketpair()
     sender.setblocking(False)
     try:
