@@ -178,6 +178,7 @@ def test_report_shows_the_result_served_without_n_hat_beside_the_scored_one(tmp_
 
     config = get_config()
     config.eval.lengths = (128,)
+    config.pipeline.update(report_passkey_trials=1, report_ruler_samples=1)
     bundle = load_from_config(config.model)
     factors = tmp_path / "long.json"
     factors.write_text(json.dumps({"long_factor": [1.0, 1.5, 2.0, 2.0], "n_hat": 16}))
