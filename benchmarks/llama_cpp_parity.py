@@ -71,14 +71,13 @@ def _llama_cpp_logits(path: Path, tokens: np.ndarray, n_ctx: int) -> np.ndarray:
     return logits
 
 
-def _our_logits(path: Path, tokens: np.ndarray, factors: str) -> np.ndarray:
-    """Our logits from the same GGUF, with `factors` ("long"/"short") used whatever the sequence length."""
+def _our_logits(model, cfg, tokens: np.ndarray, factors: str) -> np.ndarray:
+    """Our logits from the model loaded from the same GGUF, with `factors` ("long"/"short") used whatever the
+    sequence length."""
     import jax.numpy as jnp
 
-    from longrope_jax.loading import load_model
     from longrope_jax.rope import rope_inputs
 
-    model, cfg = load_model(path)
     chosen = cfg.rope.long_factor if factors == "long" else cfg.rope.short_factor
     spec = cfg.rope.replace(long_factor=chosen, short_factor=chosen)
     hidden, _ = model.hidden(jnp.asarray(tokens[None]), None, rope_inputs(spec, len(tokens)))
@@ -96,13 +95,11 @@ def _mean_nll(logits: np.ndarray, tokens: np.ndarray, chunk: int = 1024) -> floa
     return total / (len(tokens) - 1)
 
 
-def _our_mean_nll(path: Path, tokens: np.ndarray) -> float:
+def _our_mean_nll(model, tokens: np.ndarray) -> float:
     import jax.numpy as jnp
 
-    from longrope_jax.loading import load_model
     from longrope_jax.model.loss import sequence_nll
 
-    model, _ = load_model(path, attention="blockwise")
     return float(np.mean(np.asarray(sequence_nll(model, jnp.asarray(tokens[None])))))
 
 
@@ -117,20 +114,20 @@ def _scored(factors: str, target: int) -> float | None:
 
 
 def run_model(name: str, workdir: Path) -> list[dict]:
-    from longrope_jax.loading import load_params
+    from longrope_jax.loading import load_model
     from longrope_jax.tokenizer import load_tokenizer
 
     source, factors, target = MODELS[name]
     path = _export(source, factors, target, workdir / f"{name}.gguf")
-    cfg, _ = load_params(path)
+    model, cfg = load_model(path, attention="blockwise")
     tokens = _emma_tokens(load_tokenizer(path), target)
     rows = []
     for n_ctx, chosen in ((cfg.rope.original_length, "short"), (target, "long")):
         prompt = tokens[:PROMPT_TOKENS]
         theirs = _llama_cpp_logits(path, prompt, n_ctx)
-        ours = _our_logits(path, prompt, chosen)
+        ours = _our_logits(model, cfg, prompt, chosen)
         # The control: our logits with the other factor set, which the comparison must be able to tell apart.
-        other = _our_logits(path, prompt, "short" if chosen == "long" else "long")
+        other = _our_logits(model, cfg, prompt, "short" if chosen == "long" else "long")
         rows.append({"model": name, "check": "logits", "n_ctx": n_ctx, "factors": chosen, "tokens": len(prompt),
                      "max_abs_diff_over_max_abs_logit": float(np.max(np.abs(theirs - ours)) / np.max(np.abs(ours))),
                      "with_the_other_factors": float(np.max(np.abs(theirs - other)) / np.max(np.abs(ours)))})
@@ -138,7 +135,7 @@ def run_model(name: str, workdir: Path) -> list[dict]:
     theirs = _mean_nll(_llama_cpp_logits(path, tokens, target), tokens)
     llama_cpp_seconds = time.perf_counter() - start
     start = time.perf_counter()
-    ours = _our_mean_nll(path, tokens)
+    ours = _our_mean_nll(model, tokens)
     rows.append({"model": name, "check": "perplexity", "n_ctx": target, "factors": "long", "tokens": len(tokens),
                  "ours": float(np.exp(ours)), "llama_cpp": float(np.exp(theirs)),
                  "scored_by_the_search": _scored(factors, target),

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import threading
+import time
 
 from tqdm import tqdm as _tqdm
 
@@ -60,8 +62,6 @@ class StepClock:
     """
 
     def __init__(self, bar, last_seconds: float | None, interval: float | None = None, label: str = "step"):
-        import threading
-
         self.bar, self.last, self.label = bar, last_seconds, label
         if interval is None:  # a log gets a line per tick, so it ticks at the log's pace
             default = os.environ.get("LONGROPE_JAX_PROGRESS_SECONDS", "30") if isinstance(bar, _LineTqdm) else "5"
@@ -78,15 +78,11 @@ class StepClock:
         return f"{step} running {elapsed:.0f} s (the first step includes compilation)"
 
     def _tick(self) -> None:
-        import time
-
         start = time.perf_counter()
         while not self._stop.wait(self.interval):
             self.bar.set_description_str(f"{self.bar.desc.split(' [')[0]} [{self.text(time.perf_counter() - start)}]")
 
     def __enter__(self) -> "StepClock":
-        import time
-
         self._start = time.perf_counter()
         self._active = not getattr(self.bar, "disable", False)  # a disabled bar (other hosts of a pod) has no text
         if self._active:
@@ -95,8 +91,6 @@ class StepClock:
         return self
 
     def __exit__(self, *exc) -> None:
-        import time
-
         self.seconds = time.perf_counter() - self._start
         if self._active:
             self._stop.set()

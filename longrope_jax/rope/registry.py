@@ -71,8 +71,10 @@ class RopeType:
 
     def classic_fields(self, scale: float, original: int) -> dict[str, Any]:
         """RopeSpec fields (beyond the model's head_dim/θ) of the classic method at scale s for a model of
-        pre-training length `original`."""
-        raise ValueError(f"rope type {self.name!r} is not a closed-form extension method")
+        pre-training length `original`: by default this type with factor s at the original length."""
+        if not self.classic_method:
+            raise ValueError(f"rope type {self.name!r} is not a closed-form extension method")
+        return {"rope_type": self.name, "factor": scale, "max_position_embeddings": original}
 
 
 def register_rope_type(cls: type[RopeType]) -> type[RopeType]:

@@ -18,6 +18,3 @@ class DynamicRope(RopeType):
         length = max(int(seq_len), max_pos)
         base = spec.theta * ((spec.factor * length / max_pos) - (spec.factor - 1)) ** (dim / (dim - 2))
         return default_inv_freq(base, dim)
-
-    def classic_fields(self, scale, original):
-        return {"rope_type": self.name, "factor": scale, "max_position_embeddings": original}

@@ -15,6 +15,3 @@ class LinearRope(RopeType):
 
     def inv_freq(self, spec, seq_len):
         return default_inv_freq(spec.theta, spec.rotary_dim) / spec.factor
-
-    def classic_fields(self, scale, original):
-        return {"rope_type": self.name, "factor": scale, "max_position_embeddings": original}

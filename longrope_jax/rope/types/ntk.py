@@ -17,6 +17,3 @@ class NtkRope(RopeType):
     def to_hf(self, spec):
         theta = ntk_aware_theta(spec.theta, spec.factor, spec.rotary_dim)
         return rope_type("default").to_hf(spec.replace(rope_type="default", factor=None, theta=theta))
-
-    def classic_fields(self, scale, original):
-        return {"rope_type": self.name, "factor": scale, "max_position_embeddings": original}
