@@ -103,7 +103,7 @@ def _run_ours(length: int, repeats: int, block_q: int | None, block_kv: int | No
     fwd_peak = _maxrss() if reset else None
     return {"seconds": min(times), "times": times, "compile_s": compile_s, "loss": value, "base_bytes": base,
             "fwd_peak_bytes": fwd_peak, "peak_bytes": max(load_peak, fwd_peak or 0),
-            "block_q": cfg.block_q, "block_kv": cfg.block_kv, "dtype": cfg.dtype, "jax": jax.__version__}
+            "block_q": cfg.execution.block_q, "block_kv": cfg.execution.block_kv, "dtype": cfg.dtype, "jax": jax.__version__}
 
 
 def _run_torch(length: int, repeats: int, dtype: str) -> dict:

@@ -75,7 +75,7 @@ def measure(preset: str, length: int, dtype: str, repeats: int) -> dict:
     flops = forward_flops(cfg, length)
     peak = peak_flops(device.device_kind)
     return {"preset": preset, "length": length, "dtype": dtype, "device_kind": device.device_kind,
-            "backend": jax.default_backend(), "attention": cfg.attention, "seconds": seconds, "times": times,
+            "backend": jax.default_backend(), "attention": cfg.execution.attention, "seconds": seconds, "times": times,
             "compile_s": compile_s, "tokens_per_s": length / seconds, "model_flops": flops,
             "flops_per_s": flops / seconds, "peak_flops": peak, "mfu": flops / seconds / peak if peak else None,
             "loss": loss}

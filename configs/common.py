@@ -9,10 +9,12 @@ def base_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.name = "run"
     # model.path: a .gguf file, a HF directory, a longrope-jax model directory, or "smollm2" (fetched from PyPI).
+    # model.dtype is the compute dtype, model.param_dtype the parameters' storage dtype (both change the scores);
+    # the rest of the section only changes speed and memory (`longrope_jax.model.execution`).
     # model.vmap_width: rope candidates vectorised at once when several are scored in one call ("auto": 1 on CPU,
     # all on GPU/TPU; "0": all; "3": three at a time); it changes speed and memory, never the scores.
     config.model = ml_collections.ConfigDict(dict(
-        path="smollm2", dtype="float32", attention="auto", block_q=512, block_kv=512, loss_chunk=1024,
+        path="smollm2", dtype="float32", param_dtype="float32", attention="auto", block_q=512, block_kv=512, loss_chunk=1024,
         remat="none", scan_layers=True, context_attention="ring", vmap_width="auto"))
     # data.source: "demo" (Austen + KJV, fetched from Debian), "files" (data.files globs) or "tfds" (e.g. pg19).
     # Local files are split into train/search/held_out by a seeded 80/10/10 shuffle of their names (split_seed)

@@ -7,6 +7,7 @@ from typing import Any
 
 from longrope_jax.errors import CheckpointError
 from longrope_jax.model.config import ModelConfig
+from longrope_jax.model.execution import EXECUTION_FIELDS, Execution, split_execution
 from longrope_jax.model.state import model_from_params
 from longrope_jax.model.transformer import Transformer
 
@@ -43,12 +44,15 @@ def load_model(path: str | Path, **config_overrides: Any) -> tuple[Transformer, 
     return model_from_params(cfg, params), cfg
 
 
-MODEL_OVERRIDES = ("dtype", "attention", "block_q", "block_kv", "loss_chunk", "remat", "scan_layers")
+MODEL_OVERRIDES = ("dtype", "param_dtype") + EXECUTION_FIELDS
 
 
 def model_overrides(model_section: Any) -> dict[str, Any]:
-    """The ModelConfig settings a config's `model` section sets on top of the checkpoint's own config."""
-    return {k: model_section[k] for k in MODEL_OVERRIDES if k in model_section}
+    """The ModelConfig settings (execution ones by name) a config's `model` section sets on top of the
+    checkpoint's own config; checked here, so a bad value is one error before any model is read."""
+    overrides = {k: model_section[k] for k in MODEL_OVERRIDES if k in model_section}
+    Execution().replace(**split_execution(overrides)[1])
+    return overrides
 
 
 def resolve_model_path(path: str) -> Path:
@@ -71,7 +75,7 @@ def load_from_config(model_config: Any) -> tuple[Transformer, ModelConfig, Any]:
         seed = tiny.pop("seed", 0)
         max_pos = tiny.pop("max_position_embeddings")
         cfg = ModelConfig(rope=RopeSpec(head_dim=tiny["head_dim"], max_position_embeddings=max_pos),
-                          bos_token_id=None, eos_token_id=None, **tiny, **overrides)
+                          bos_token_id=None, eos_token_id=None, **tiny).replace(**overrides)
         return init_model(cfg, seed), cfg, byte_tokenizer()
     from longrope_jax.tokenizer import load_tokenizer
 

@@ -24,7 +24,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from longrope_jax.errors import ConfigError
-from longrope_jax.model.config import REMAT_POLICIES as REMAT  # the model's policies, every one planned
+from longrope_jax.model.execution import REMAT_POLICIES as REMAT  # the model's policies, every one planned
 from longrope_jax.model.config import ModelConfig
 
 GIB = 1024 ** 3

@@ -15,7 +15,6 @@ with other settings with new ones.
 from __future__ import annotations
 
 import copy
-import json
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -24,6 +23,7 @@ import numpy as np
 
 from longrope_jax.errors import ConfigError
 from longrope_jax.io import read_json, write_json_atomic, write_text_atomic
+from longrope_jax.resume import normalised, refuse_changed
 from longrope_jax.model.config import SPEED_ONLY_MODEL_KEYS
 
 STAGES = ("search_long", "finetune", "search_final", "search_short", "export", "report")
@@ -32,7 +32,8 @@ MANIFEST = "manifest.json"
 
 # Settings added after workdirs already existed, left out of stage fingerprints while at these values so finished
 # stages of older workdirs still match. verdict_results never matters here: the pipeline turns the verdict off.
-_LATER_DEFAULTS = {"search": {"seed_methods": ["pi", "ntk", "yarn"], "seed_scales": [1.0]},
+_LATER_DEFAULTS = {"model": {"param_dtype": "float32"},
+                   "search": {"seed_methods": ["pi", "ntk", "yarn"], "seed_scales": [1.0]},
                    "pipeline": {"report_passkey_trials": 2, "report_ruler_tasks": ["niah_single_1"],
                                 "report_ruler_samples": 2}}
 REPORT_SETTINGS = ("report_passkey_trials", "report_ruler_tasks", "report_ruler_samples")
@@ -50,7 +51,7 @@ _LEGACY_SECTIONS = {**_STAGE_SECTIONS, "report": ("eval",)}
 def _section(config: Any, name: str) -> dict:
     if name not in config:
         return {}
-    section = json.loads(json.dumps(config[name].to_dict()))
+    section = normalised(config[name].to_dict())
     for key, default in _LATER_DEFAULTS.get(name, {}).items():
         if section.get(key) == default:
             section.pop(key)
@@ -132,14 +133,13 @@ class Pipeline:
             uses["final_target"] = int(self.config.pipeline.final_target)
         if stage == "report":
             uses["retrieval"] = {k: self.config.pipeline.get(k) for k in REPORT_SETTINGS if k in self.config.pipeline}
-        return json.loads(json.dumps({"version": FINGERPRINT_VERSION, **uses, "inputs": inputs}))
+        return normalised({"version": FINGERPRINT_VERSION, **uses, "inputs": inputs})
 
     def _legacy_fingerprint(self, stage: str, inputs: dict) -> dict:
         """How workdirs written before FINGERPRINT_VERSION 2 fingerprinted a stage (the whole pipeline section and
         the user's sections), so their finished stages still match."""
-        return json.loads(json.dumps({"pipeline": _section(self.config, "pipeline"),
-                                      **{s: _section(self.config, s) for s in _LEGACY_SECTIONS[stage]},
-                                      "inputs": inputs}))
+        return normalised({"pipeline": _section(self.config, "pipeline"),
+                           **{s: _section(self.config, s) for s in _LEGACY_SECTIONS[stage]}, "inputs": inputs})
 
     def _run_stage(self, stage: str, inputs: dict, body: Callable[[Path], dict]) -> dict:
         entry = self.manifest["stages"].get(stage)
@@ -156,13 +156,11 @@ class Pipeline:
             if stored == fingerprint:
                 print(f"[{stage}] already done, skipping")
                 return entry["outputs"]
-            changed = sorted(k for k in current if current[k] != stored.get(k))
-            raise ConfigError(f"stage {stage} already finished in {self.workdir} with different settings "
-                              f"({', '.join(changed)}); use a new --workdir, or delete {self.workdir / stage} and "
-                              f"its manifest entry to redo it")
-        if entry and stored != fingerprint:
-            raise ConfigError(f"stage {stage} was started in {self.workdir} with different settings; use a new "
-                              f"--workdir, or delete {self.workdir / stage} and its manifest entry")
+            refuse_changed(f"stage {stage} already finished in {self.workdir}", stored, current,
+                           f"use a new --workdir, or delete {self.workdir / stage} and its manifest entry to redo it")
+        if entry:
+            refuse_changed(f"stage {stage} was started in {self.workdir}", stored, current,
+                           f"use a new --workdir, or delete {self.workdir / stage} and its manifest entry")
         self.manifest["stages"][stage] = {"status": "running", "fingerprint": fingerprint}
         write_json_atomic(self.workdir / MANIFEST, self.manifest)
         print(f"[{stage}] {'resuming where it stopped' if entry else 'running'}", flush=True)
@@ -304,7 +302,7 @@ def _report(config, base_bundle, export: dict, manifest: dict, out: Path) -> dic
     from longrope_jax.data.sources import load_token_documents, text_source
     from longrope_jax.eval import methods as rope_methods
     from longrope_jax.eval import plots
-    from longrope_jax.eval.perplexity import PerplexityEvaluator
+    from longrope_jax.eval.perplexity import perplexity_table
     from longrope_jax.settings import as_list
     from longrope_jax.loading import load_model, model_overrides
     from longrope_jax.rope import equivalent_factors
@@ -318,18 +316,13 @@ def _report(config, base_bundle, export: dict, manifest: dict, out: Path) -> dic
                                         cfg.bos_token_id)
         # Like with like: the closed forms and the result on the extended model's own weights (fine-tuned, when a
         # stage fine-tuned), plus the base model as it was given.
-        methods = ["none", "pi", "yarn"]
-        vmap_width = config.model.get("vmap_width", "auto")
-        table.setdefault("base model (none)", {})[length] = float(
-            PerplexityEvaluator(model, vmap_width=vmap_width).perplexity(tokens, [cfg.rope])[0])
-        specs = [rope_methods.method_spec(cfg.rope, m, length) for m in methods] + [result_cfg.rope]
-        names_of_specs = [*methods, "longrope (result)"]
-        if result_cfg.rope.n_hat:  # what transformers, vLLM and llama.cpp serve: the same factors without n̂
-            specs.append(result_cfg.rope.replace(n_hat=0))
-            names_of_specs.append("longrope (result, served without n_hat)")
-        ppl = PerplexityEvaluator(result_model, vmap_width=vmap_width).perplexity(tokens, specs)
-        for m, value in zip(names_of_specs, ppl):
-            table.setdefault(m, {})[length] = float(value)
+        specs = rope_methods.with_served_spec(
+            {**{m: rope_methods.method_spec(cfg.rope, m, length) for m in ("none", "pi", "yarn")},
+             "longrope (result)": result_cfg.rope}, "longrope (result)", "longrope (result, served without n_hat)")
+        measured = {**perplexity_table(model, tokens, {"base model (none)": cfg.rope}),
+                    **perplexity_table(result_model, tokens, specs)}
+        for m, value in measured.items():
+            table.setdefault(m, {})[length] = value
     out.mkdir(parents=True, exist_ok=True)
     original = cfg.rope.original_length
     plots.plot_perplexity_vs_length(table, out / "perplexity_vs_length.png", original)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any, Mapping
 
 from longrope_jax.model.config import without_speed_settings
+from longrope_jax.resume import normalised
 
 
 def as_list(value: Any) -> list:
@@ -21,8 +21,12 @@ def as_list(value: Any) -> list:
 
 def model_record(config: Any) -> dict:
     """The model settings that change values (path, dtype, ...; not the speed-only ones), stored beside results so
-    others can tell whether they were measured on the same model (`search.verdict_results`)."""
-    return without_speed_settings(json.loads(json.dumps(config.model.to_dict())))
+    others can tell whether they were measured on the same model (`search.verdict_results`). param_dtype is
+    recorded once it is not the default float32, so records written before it could be set still match."""
+    record = without_speed_settings(normalised(config.model.to_dict()))
+    if record.get("param_dtype") == "float32":
+        record.pop("param_dtype")
+    return record
 
 
 def check_ranges(section: Any, name: str, ranges: Mapping[str, tuple[type, float, float | None, str]]) -> None:

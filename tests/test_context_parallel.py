@@ -15,6 +15,7 @@ from longrope_jax.assets import smollm2_gguf_path
 from longrope_jax.errors import ConfigError
 from longrope_jax.eval.perplexity import PerplexityEvaluator, spec_ropes
 from longrope_jax.model.config import ModelConfig
+from longrope_jax.model.execution import Execution
 from longrope_jax.model.context import ContextParallel, context_hidden, context_order, context_parallel
 from longrope_jax.model.loss import sequence_nll
 from longrope_jax.model.state import model_from_params, model_params
@@ -25,8 +26,8 @@ from longrope_jax.sharding import make_mesh, param_shardings
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ModelConfig(vocab_size=128, hidden_size=64, intermediate_size=96, num_layers=2, num_heads=8, num_kv_heads=4,
-                   head_dim=8, rope=RopeSpec(head_dim=8, max_position_embeddings=64), attention="blockwise",
-                   block_q=16, block_kv=16)
+                   head_dim=8, rope=RopeSpec(head_dim=8, max_position_embeddings=64),
+                   execution=Execution(attention="blockwise", block_q=16, block_kv=16))
 
 
 def _nll_fn(model, context):

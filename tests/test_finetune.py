@@ -15,6 +15,7 @@ from longrope_jax.errors import ConfigError
 from longrope_jax.eval.methods import method_spec
 from longrope_jax.loading import load_from_config
 from longrope_jax.model.config import ModelConfig
+from longrope_jax.model.execution import Execution
 from longrope_jax.rope import RopeSpec
 from longrope_jax.train import data as train_data
 from longrope_jax.train.trainer import Trainer, check_memory, make_optimizer, read_metrics
@@ -130,7 +131,8 @@ def test_gradient_accumulation_lays_the_schedule_out_in_optimizer_updates():
 
 def test_memory_and_mixing_rules():
     cfg = ModelConfig(vocab_size=10, hidden_size=64, intermediate_size=64, num_layers=1, num_heads=8,
-                      num_kv_heads=8, head_dim=8, rope=RopeSpec(head_dim=8), attention="reference")
+                      num_kv_heads=8, head_dim=8, rope=RopeSpec(head_dim=8),
+                      execution=Execution(attention="reference"))
     with pytest.raises(ConfigError, match="attention='blockwise'"):
         check_memory(cfg, 16384, 1)
     check_memory(cfg.replace(attention="blockwise"), 16384, 1)

@@ -10,6 +10,7 @@ import numpy as np
 from longrope_jax.convert.hf import save_hf_dir
 from longrope_jax.eval.hf_check import compare_with_transformers, format_report
 from longrope_jax.model.config import ModelConfig
+from longrope_jax.model.execution import Execution
 from longrope_jax.model.state import model_params
 from longrope_jax.model.transformer import init_model
 from longrope_jax.rope import RopeSpec, longrope_spec
@@ -22,8 +23,9 @@ def _export(tmp_path: Path) -> Path:
     base = RopeSpec(head_dim=8, max_position_embeddings=64)
     rope = longrope_spec(base, [1.0, 1.5, 2.5, 4.0], [1.0, 1.0, 1.1, 1.2], max_position_embeddings=256)
     cfg = ModelConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
-                      num_kv_heads=2, head_dim=8, rope=rope, attention="blockwise", block_q=32, block_kv=32,
-                      bos_token_id=None, eos_token_id=None)
+                      num_kv_heads=2, head_dim=8, rope=rope,
+                      bos_token_id=None, eos_token_id=None,
+                      execution=Execution(attention="blockwise", block_q=32, block_kv=32))
     return save_hf_dir(cfg, model_params(init_model(cfg, seed=5)), tmp_path / "hf", tokenizer=byte_tokenizer())
 
 

@@ -17,6 +17,7 @@ from longrope_jax.errors import CheckpointError, ConfigError
 from longrope_jax.model import blocked as blocked_module
 from longrope_jax.model.attention import blockwise_attention, reference_attention
 from longrope_jax.model.config import ModelConfig
+from longrope_jax.model.execution import Execution
 from longrope_jax.model.generate import generate
 from longrope_jax.model.loss import sequence_nll
 from longrope_jax.model.state import model_params
@@ -156,7 +157,7 @@ def test_cudnn_path_layout_and_window_match_reference(window):
 def tiny_config(**changes) -> ModelConfig:
     base = ModelConfig(vocab_size=97, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
                        num_kv_heads=2, head_dim=8, rope=RopeSpec(head_dim=8, max_position_embeddings=32),
-                       attention="blockwise", block_q=8, block_kv=8, loss_chunk=7)
+                       execution=Execution(attention="blockwise", block_q=8, block_kv=8, loss_chunk=7))
     return base.replace(**changes)
 
 

@@ -13,6 +13,7 @@ from longrope_jax.eval.methods import method_spec
 from longrope_jax.eval.needle_ppl import NEEDLE, QUESTION, NeedleBatch, needle_documents, needle_nll
 from longrope_jax.eval.perplexity import spec_ropes
 from longrope_jax.model.config import ModelConfig
+from longrope_jax.model.execution import Execution
 from longrope_jax.model.transformer import init_model
 from longrope_jax.rope import RopeSpec, rope_inputs
 
@@ -45,7 +46,8 @@ def tokenizer(texts) -> Tokenizer:
 def model(tokenizer):
     cfg = ModelConfig(vocab_size=tokenizer.get_vocab_size(), hidden_size=32, intermediate_size=48, num_layers=2,
                       num_heads=4, num_kv_heads=2, head_dim=8, rope=RopeSpec(head_dim=8, max_position_embeddings=32),
-                      attention="blockwise", block_q=16, block_kv=16, loss_chunk=5, bos_token_id=BOS)
+                      bos_token_id=BOS,
+                      execution=Execution(attention="blockwise", block_q=16, block_kv=16, loss_chunk=5))
     return init_model(cfg, seed=3)
 
 

@@ -14,6 +14,7 @@ from longrope_jax.eval.plots import plot_needle_heatmap
 from longrope_jax.eval.passkey import (FILLER, NEEDLE, QUESTION, TASK, needle_grid, parse_first_integer,
                                        passkey_accuracy, passkey_prompt, score_continuation)
 from longrope_jax.model.config import ModelConfig
+from longrope_jax.model.execution import Execution
 from longrope_jax.model.transformer import init_model
 from longrope_jax.rope import RopeSpec
 
@@ -36,8 +37,8 @@ def tokenizer() -> Tokenizer:
 
 def tiny_model(vocab: int, seed: int = 0):
     cfg = ModelConfig(vocab_size=vocab, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
-                      num_kv_heads=2, head_dim=8, rope=RopeSpec(head_dim=8, max_position_embeddings=64),
-                      attention="blockwise", block_q=32, block_kv=32, loss_chunk=16, bos_token_id=0)
+                      num_kv_heads=2, head_dim=8, rope=RopeSpec(head_dim=8, max_position_embeddings=64), bos_token_id=0,
+                      execution=Execution(attention="blockwise", block_q=32, block_kv=32, loss_chunk=16))
     return init_model(cfg, seed)
 
 

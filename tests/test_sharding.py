@@ -13,6 +13,7 @@ from longrope_jax.checkpoint import restore_params, save_model_dir
 from longrope_jax.convert.hf import param_shapes
 from longrope_jax.errors import ConfigError
 from longrope_jax.model.config import ModelConfig
+from longrope_jax.model.execution import Execution
 from longrope_jax.model.state import model_from_params, model_params
 from longrope_jax.model.transformer import init_model
 from longrope_jax.rope import RopeSpec
@@ -20,8 +21,8 @@ from longrope_jax.sharding import (assert_params_sufficiently_sharded, logical_t
                                    param_shardings)
 
 TINY = ModelConfig(vocab_size=128, hidden_size=64, intermediate_size=96, num_layers=2, num_heads=8, num_kv_heads=4,
-                   head_dim=8, rope=RopeSpec(head_dim=8, max_position_embeddings=64), attention="blockwise",
-                   block_q=16, block_kv=16)
+                   head_dim=8, rope=RopeSpec(head_dim=8, max_position_embeddings=64),
+                   execution=Execution(attention="blockwise", block_q=16, block_kv=16))
 
 
 def test_rules_table():

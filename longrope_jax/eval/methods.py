@@ -15,8 +15,6 @@ import csv
 import json
 from pathlib import Path
 
-import numpy as np
-
 from longrope_jax.errors import ConfigError
 from longrope_jax.rope import RopeSpec, longrope_spec, validate_factors
 from longrope_jax.rope.factors import classic_spec
@@ -24,6 +22,14 @@ from longrope_jax.rope.registry import classic_methods
 
 # The closed-form methods come from the rope type registry (each type that implements one says so).
 METHODS = ("none", *classic_methods(), "longrope", "phi3")
+
+
+def with_served_spec(specs: dict[str, RopeSpec], name: str, served_name: str) -> dict[str, RopeSpec]:
+    """`specs` plus, when specs[name] keeps n̂ > 0 positions un-interpolated, what transformers, vLLM and llama.cpp
+    serve for it as `served_name`: the same factors without n̂ (their loaders have no n̂)."""
+    if not specs[name].n_hat:
+        return specs
+    return {**specs, served_name: specs[name].replace(n_hat=0)}
 
 
 def read_factors(path: str | Path, half_dim: int | None = None) -> dict:

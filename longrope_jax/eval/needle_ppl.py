@@ -132,7 +132,8 @@ def _candidates_needle_nll(graphdef, state, tokens: jax.Array, mask: jax.Array, 
         model = nnx.merge(graphdef, params)
         hidden, _ = model.hidden(tokens[:, :-1], rope=rope)
         # Only the last `span` targets can be answer tokens: the LM head never runs over the haystack.
-        nll = chunked_token_nll(hidden[:, -span:], model.output_kernel(), tokens[:, -span:], model.cfg.loss_chunk)
+        nll = chunked_token_nll(hidden[:, -span:], model.output_kernel(), tokens[:, -span:],
+                                model.cfg.execution.loss_chunk)
         weights = mask[:, -span:].astype(jnp.float32)
         return (nll * weights).sum(axis=-1) / weights.sum(axis=-1)  # (B,)
 
@@ -140,7 +141,7 @@ def _candidates_needle_nll(graphdef, state, tokens: jax.Array, mask: jax.Array, 
 
 
 def needle_nll(model: Transformer, batch: NeedleBatch, ropes: RopeInputs, progress=None,
-               vmap_width: int | str | None = "auto") -> np.ndarray:
+               vmap_width: int | str | None = "model") -> np.ndarray:
     """Mean NLL over each sample's answer tokens, float32 (C, count).
 
     ropes: RopeInputs with a leading candidate axis C (e.g. `spec_ropes(specs, length)`); an unstacked one is
@@ -159,7 +160,7 @@ def needle_nll(model: Transformer, batch: NeedleBatch, ropes: RopeInputs, progre
     # Static span from the earliest answer token in the batch: one compile serves every sample.
     span = tokens.shape[1] - int(mask.argmax(axis=1).min())
     graphdef, state = nnx.split(model)
-    vmap_width = resolve_vmap_width(vmap_width)
+    vmap_width = resolve_vmap_width(vmap_width, model)
     out = []
     for row, row_mask in zip(tokens, mask):
         nll = _candidates_needle_nll(graphdef, state, jnp.asarray(row[None]), jnp.asarray(row_mask[None]),

@@ -14,7 +14,7 @@ candidate (3x the activations through the same caches).
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -45,8 +45,11 @@ def default_vmap_width(backend: str | None = None) -> int | None:
     return 1 if (backend or jax.default_backend()) == "cpu" else None
 
 
-def resolve_vmap_width(vmap_width: int | str | None) -> int | None:
-    """"auto" -> default_vmap_width(); None or 0 -> all candidates at once; n >= 1 -> n at a time."""
+def resolve_vmap_width(vmap_width: int | str | None, model: Transformer | None = None) -> int | None:
+    """"auto" -> default_vmap_width(); None or 0 -> all candidates at once; n >= 1 -> n at a time; "model" (with
+    `model`) -> the model's own `execution.vmap_width`."""
+    if vmap_width == "model" and model is not None:
+        vmap_width = model.cfg.execution.vmap_width
     if vmap_width == "auto":
         return default_vmap_width()
     if vmap_width is None:
@@ -80,6 +83,13 @@ def map_candidates(fn: Callable[[Any, Any], Any], shared: Any, xs: Any, vmap_wid
     return jax.tree.map(lambda y: y.reshape(chunks * vmap_width, *y.shape[2:])[:count], out)
 
 
+def perplexity_table(model: Transformer, documents: np.ndarray, specs: Mapping[str, RopeSpec]) -> dict[str, float]:
+    """{name: perplexity of `documents` (int32 (D, L)) under specs[name]}, every spec through one compiled call:
+    the per-method comparison the search verdict, the bench and the pipeline report show."""
+    values = PerplexityEvaluator(model).perplexity(np.asarray(documents), list(specs.values()))
+    return {name: float(value) for name, value in zip(specs, values)}
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef", "context", "vmap_width"))
 def _candidates_mean_nll(graphdef, state, tokens: jax.Array, ropes: RopeInputs,
                          context: ContextParallel | None = None, vmap_width: int | None = None) -> jax.Array:
@@ -93,12 +103,13 @@ class PerplexityEvaluator:
     """Mean NLL of documents under many rope candidates, compiled once per (document length, candidate count)."""
 
     def __init__(self, model: Transformer, context: ContextParallel | None = None,
-                 vmap_width: int | str | None = "auto"):
+                 vmap_width: int | str | None = "model"):
         """context: split each document over a mesh's context axis (ring attention) — for lengths one device
-        cannot hold; the parameters are replicated over that mesh. vmap_width: see the module doc."""
+        cannot hold; the parameters are replicated over that mesh. vmap_width: see the module doc ("model": the
+        model's `execution.vmap_width`)."""
         self.graphdef, self.state = nnx.split(model)
         self.cfg, self.context = model.cfg, context
-        self.vmap_width = resolve_vmap_width(vmap_width)
+        self.vmap_width = resolve_vmap_width(vmap_width, model)
         if context is not None:
             self.state = jax.device_put(self.state, NamedSharding(context.mesh, PartitionSpec()))
 
@@ -127,7 +138,7 @@ class PerplexityEvaluator:
 def _window_nll(graphdef, state, window_tokens: jax.Array, rope: RopeInputs, window: int) -> jax.Array:
     model = nnx.merge(graphdef, state)
     hidden, _ = model.hidden(window_tokens[:, :-1], rope=rope)
-    return chunked_token_nll(hidden, model.output_kernel(), window_tokens[:, 1:], model.cfg.loss_chunk)[0]
+    return chunked_token_nll(hidden, model.output_kernel(), window_tokens[:, 1:], model.cfg.execution.loss_chunk)[0]
 
 
 def sliding_window_nll(model: Transformer, tokens: np.ndarray, window: int, stride: int,

@@ -14,32 +14,33 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from longrope_jax.errors import ConfigError
 from longrope_jax.eval import methods as rope_methods
 from longrope_jax.eval.tasks import RESULTS, TaskRun, eval_tasks
-from longrope_jax.io import read_json, write_json_atomic
+from longrope_jax.resume import JobState, normalised
 from longrope_jax.loading import load_from_config
 from longrope_jax.settings import model_record
 
 
 def _fingerprint(config: Any) -> dict:
-    """What must not change between a run and its resumption (JSON-normalised: tuples become lists)."""
-    return json.loads(json.dumps({"model": config.model.path, "dtype": config.model.dtype,
-                                  "data": config.data.to_dict(), "split": config.eval.split,
-                                  "documents": config.eval.documents, "factors": config.eval.factors}))
+    """What must not change between a run and its resumption."""
+    param_dtype = config.model.get("param_dtype", "float32")  # recorded once it is not the default
+    return normalised({"model": config.model.path, "dtype": config.model.dtype,
+                       **({"param_dtype": param_dtype} if param_dtype != "float32" else {}),
+                       "data": config.data.to_dict(), "split": config.eval.split,
+                       "documents": config.eval.documents, "factors": config.eval.factors})
+
+
+def _job(workdir: Path, config: Any) -> JobState:
+    return JobState(workdir / RESULTS, _fingerprint(config), what="a different model/data/factors config",
+                    fix="use a new --workdir or delete the old results")
 
 
 def _load_results(workdir: Path, config: Any) -> dict:
-    results = read_json(workdir / RESULTS, default=None)
-    if results is None:
-        return {"fingerprint": _fingerprint(config), "perplexity": {}, "nll": {}, "passkey": {},
-                "factor_values": _factor_values_digest(config.eval.factors)}
     # Results written before the fingerprint held the compute dtype name it in their model record (else float32).
-    stored = {"dtype": results.get("model", {}).get("dtype", "float32"), **results.get("fingerprint", {})}
-    if stored != _fingerprint(config):
-        raise ConfigError(f"{workdir / RESULTS} was written with a different model/data/factors config; use a new "
-                          f"--workdir or delete the old results")
-    results["fingerprint"] = _fingerprint(config)
+    results = _job(workdir, config).load(
+        lambda: {"perplexity": {}, "nll": {}, "passkey": {},
+                 "factor_values": _factor_values_digest(config.eval.factors)},
+        lambda stored: {"dtype": stored.get("model", {}).get("dtype", "float32"), **stored.get("fingerprint", {})})
     digest = _factor_values_digest(config.eval.factors)
     if results.get("factor_values", digest) != digest:
         # Same path, new contents: the file was overwritten (a newer search). Results of the other methods stand.
@@ -69,7 +70,7 @@ def run_evaluation(config: Any, workdir: str | Path) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
     results = _load_results(workdir, config)
     model, cfg, tokenizer = load_from_config(config.model)
-    run = TaskRun(config.eval, config.data, config.model, model, cfg, tokenizer, workdir, results)
+    run = TaskRun(config.eval, config.data, model, cfg, tokenizer, workdir, results)
     tasks = [task for task in eval_tasks() if task.enabled(config.eval)]
     # Every input is checked up front, so a bad length or factor file fails before hours of compute.
     for task in tasks:

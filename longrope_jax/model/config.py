@@ -9,24 +9,20 @@ from typing import Any, Mapping
 import jax.numpy as jnp
 
 from longrope_jax.errors import ConfigError
+from longrope_jax.model.execution import EXECUTION_FIELDS, Execution, split_execution
 from longrope_jax.rope import RopeSpec, from_hf_config as rope_from_hf_config
 
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "phi3": "Phi3ForCausalLM",
                  "qwen2": "Qwen2ForCausalLM"}
 # Families whose q/k/v projections carry biases (o_proj and the MLP never do).
 QKV_BIAS_ARCHITECTURES = ("qwen2",)
-ATTENTION_IMPLS = ("auto", "reference", "blockwise", "cudnn", "splash")
-REMAT_POLICIES = ("none", "full", "save_attention", "dots_saveable", "nothing_saveable")
-# config.model / ModelConfig settings that choose how a value is computed (kernel, tiles, recompute, vectorisation,
-# layer loop), never which value: results agree to float rounding (blockwise == reference attention within 1e-5 is
-# a test). Left out of stage fingerprints, checkpoint fingerprints and model records, so switching one (or resuming
-# on another backend, where attention="auto" picks another kernel) invalidates no workdir.
-SPEED_ONLY_MODEL_KEYS = ("vmap_width", "remat", "attention", "block_q", "block_kv", "loss_chunk", "scan_layers",
-                         "context_attention")
+# The keys of a model record that only choose how values are computed: the `Execution` of a `config_to_dict`
+# record, or its fields in a flat `config.model` section (and in records stored before `Execution` existed).
+SPEED_ONLY_MODEL_KEYS = ("execution",) + EXECUTION_FIELDS
 
 
 def without_speed_settings(record: Mapping[str, Any]) -> dict[str, Any]:
-    """A model record (config.model section or `config_to_dict`) without the `SPEED_ONLY_MODEL_KEYS`."""
+    """A model record (config.model section or `config_to_dict`) without its execution settings."""
     return {k: v for k, v in record.items() if k not in SPEED_ONLY_MODEL_KEYS}
 
 
@@ -34,8 +30,9 @@ def without_speed_settings(record: Mapping[str, Any]) -> dict[str, Any]:
 class ModelConfig:
     """Shapes and numerics of one decoder-only RoPE model.
 
-    `dtype` is the compute dtype (activations, matmuls); `param_dtype` the storage dtype of parameters.
-    `attention` picks the kernel ("auto": splash on TPU, cuDNN on GPU, blockwise on CPU).
+    `dtype` is the compute dtype (activations, matmuls); `param_dtype` the storage dtype of parameters. Both change
+    values. `execution` holds what only changes speed and memory (attention kernel, tiles, remat, layer loop, ...);
+    `replace` and `from_hf_config` also take its fields by name (attention="blockwise").
     """
 
     architecture: str = "llama"
@@ -55,18 +52,13 @@ class ModelConfig:
     pad_token_id: int | None = None
     dtype: str = "float32"
     param_dtype: str = "float32"
-    attention: str = "auto"
-    block_q: int = 512
-    block_kv: int = 512
-    scan_layers: bool = True
-    remat: str = "none"
-    loss_chunk: int = 1024
+    execution: Execution = dataclasses.field(default_factory=Execution)
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
             raise ConfigError(f"unsupported architecture {self.architecture!r}; supported: {sorted(ARCHITECTURES)}")
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads",
-                     "head_dim", "block_q", "block_kv", "loss_chunk"):
+                     "head_dim"):
             try:
                 positive = operator.index(getattr(self, name)) >= 1  # int or numpy int (GGUF metadata), not 2.5
             except TypeError:
@@ -75,10 +67,8 @@ class ModelConfig:
                 raise ConfigError(f"model {name}={getattr(self, name)!r} must be a positive integer")
         if self.num_heads % self.num_kv_heads:
             raise ConfigError(f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}")
-        if self.attention not in ATTENTION_IMPLS:
-            raise ConfigError(f"unknown attention {self.attention!r}; use one of {ATTENTION_IMPLS}")
-        if self.remat not in REMAT_POLICIES:
-            raise ConfigError(f"unknown remat policy {self.remat!r}; use one of {REMAT_POLICIES}")
+        if not isinstance(self.execution, Execution):
+            raise ConfigError(f"ModelConfig.execution must be an Execution, not {type(self.execution).__name__}")
         for name in ("dtype", "param_dtype"):
             if getattr(self, name) not in ("float32", "bfloat16", "float16"):
                 raise ConfigError(f"{name}={getattr(self, name)!r}: use float32, bfloat16 or float16")
@@ -99,6 +89,10 @@ class ModelConfig:
         return jnp.dtype(self.param_dtype)
 
     def replace(self, **changes: Any) -> "ModelConfig":
+        """A copy with `changes`; execution fields (attention, block_q, remat, ...) may be given by name."""
+        changes, execution = split_execution(changes)
+        if execution:
+            changes["execution"] = changes.get("execution", self.execution).replace(**execution)
         return dataclasses.replace(self, **changes)
 
     # ------------------------------------------------------------------ Hugging Face round trip
@@ -142,8 +136,7 @@ class ModelConfig:
             bos_token_id=config.get("bos_token_id"),
             eos_token_id=eos[0] if isinstance(eos, list) else eos,
             pad_token_id=config.get("pad_token_id"),
-            **overrides,
-        )
+        ).replace(**overrides)
 
     def to_hf_config(self) -> dict[str, Any]:
         """A config.json dict transformers loads without remote code (rope_scaling in HF's format)."""
@@ -194,10 +187,12 @@ def config_to_dict(cfg: ModelConfig) -> dict[str, Any]:
 
 
 def config_from_dict(data: Mapping[str, Any]) -> ModelConfig:
-    data = dict(data)
+    # Records written before `Execution` existed hold its fields flat.
+    data, execution = split_execution(data)
+    execution = Execution(**{**data.pop("execution", {}), **execution})
     known = {f.name for f in dataclasses.fields(ModelConfig)}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"unknown model config fields {unknown}; the file was written by another version?")
     data["rope"] = RopeSpec.from_dict(data["rope"], require_monotone=False)
-    return ModelConfig(**data)
+    return ModelConfig(**data, execution=execution)

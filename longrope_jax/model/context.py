@@ -17,8 +17,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from longrope_jax.errors import ConfigError
-
-CONTEXT_IMPLS = ("ring", "allgather")
+from longrope_jax.model.execution import CONTEXT_IMPLS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,7 +111,7 @@ def context_nll(model, tokens: jax.Array, rope, context: ContextParallel,
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
     hidden, order, inverse, padded = _balanced_hidden(model, inputs, None if positions is None else positions[:, :-1],
                                                       rope, context)
-    chunk, axis = model.cfg.loss_chunk, context.axis
+    chunk, axis = model.cfg.execution.loss_chunk, context.axis
 
     def local_nll(h, kernel, t):  # each device scores its own tokens: the (L, E) hidden is never gathered
         return chunked_token_nll(h, kernel, t, chunk)

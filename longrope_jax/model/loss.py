@@ -53,4 +53,4 @@ def sequence_nll(model: Transformer, tokens: jax.Array, positions: jax.Array | N
     if context is not None:
         return context_nll(model, tokens, rope, context, positions)
     hidden, _ = model.hidden(tokens[:, :-1], None if positions is None else positions[:, :-1], rope)
-    return chunked_token_nll(hidden, model.output_kernel(), tokens[:, 1:], model.cfg.loss_chunk)
+    return chunked_token_nll(hidden, model.output_kernel(), tokens[:, 1:], model.cfg.execution.loss_chunk)

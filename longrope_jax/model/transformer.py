@@ -79,14 +79,15 @@ class Attention(nnx.Module):
         v = self._project(x, "v", cfg.num_kv_heads)
         cos, sin = rope_cos_sin(positions, rope)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        run = cfg.execution
         if context is not None and cache is None:
             # Tokens sharded over the context axis: ring (or all-gather) attention across devices.
-            out = context.attention(q, k, v, positions, positions, cfg.sliding_window, cfg.block_q, cfg.block_kv)
+            out = context.attention(q, k, v, positions, positions, cfg.sliding_window, run.block_q, run.block_kv)
         elif cache is None or l > 1:
             # No cache, or a prompt prefilled in one call into an empty cache: memory-linear kernel over the
             # new tokens themselves (a cache-wide score matrix would be L × max_len).
-            out = attention_kernel(q, k, v, positions, positions, impl=cfg.attention,
-                                   sliding_window=cfg.sliding_window, block_q=cfg.block_q, block_kv=cfg.block_kv)
+            out = attention_kernel(q, k, v, positions, positions, impl=run.attention,
+                                   sliding_window=cfg.sliding_window, block_q=run.block_q, block_kv=run.block_kv)
         if cache is not None:
             # Write the new keys at their positions' slots; a single new token then attends over the whole cache.
             slots = positions % cache.k.shape[1]
@@ -195,10 +196,10 @@ class Transformer(nnx.Module):
             x, layer_cache = block(x, positions, rope._replace(inv_freq=layer_inv_freq), layer_cache, context)
             return (x if context is None else context.constrain(x)), layer_cache
 
-        if cfg.remat != "none":
-            body = nnx.remat(body, policy=_REMAT[cfg.remat])
+        if cfg.execution.remat != "none":
+            body = nnx.remat(body, policy=_REMAT[cfg.execution.remat])
 
-        if cfg.scan_layers:
+        if cfg.execution.scan_layers:
             @nnx.scan(in_axes=(0, nnx.Carry, 0, 0), out_axes=(nnx.Carry, 0))
             def run(block, x, layer_inv_freq, layer_cache):
                 return body(block, x, layer_inv_freq, layer_cache)

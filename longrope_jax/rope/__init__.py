@@ -15,7 +15,8 @@ from longrope_jax.rope.factors import critical_dimension, expand_critical_dim, m
 from longrope_jax.rope.frequencies import (attention_scale, default_inv_freq, equivalent_factors, frequencies,
                                            ntk_aware_theta, uses_long_factors, yarn_mscale)
 from longrope_jax.rope.registry import RopeType, register_rope_type, rope_type
-from longrope_jax.rope.spec import ROPE_TYPES, RopeSpec, from_hf_config, longrope_spec, validate_factors
+from longrope_jax.rope.basics import validate_factors
+from longrope_jax.rope.spec import ROPE_TYPES, RopeSpec, from_hf_config, longrope_spec
 
 __all__ = [
     "ROPE_TYPES", "RopeInputs", "RopeSpec", "RopeType", "apply_rope", "attention_scale", "critical_dimension",

@@ -7,6 +7,7 @@ Follows transformers' `modeling_rope_utils`: the exponent 2i/d is rounded to flo
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 

@@ -13,7 +13,6 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from longrope_jax.rope.basics import validate_factors
 from longrope_jax.rope.registry import hf_rope_type, registered_types, rope_type
 
 ROPE_TYPES = tuple(registered_types())

@@ -18,7 +18,7 @@ import numpy as np
 from longrope_jax.data.documents import random_windows
 from longrope_jax.data.sources import check_splits_apart, load_token_documents, text_source
 from longrope_jax.eval import methods as rope_methods
-from longrope_jax.eval.perplexity import PerplexityEvaluator, spec_ropes
+from longrope_jax.eval.perplexity import PerplexityEvaluator, perplexity_table, spec_ropes
 from longrope_jax.io import write_json_atomic
 from longrope_jax.loading import load_from_config
 from longrope_jax.rope import RopeSpec, longrope_spec
@@ -41,16 +41,14 @@ def bench_search_config(config: Any, ratio: int, workdir: Path) -> Any:
 
 
 def held_out_table(model, cfg, tokens: np.ndarray, target: int, factors_path: Path, seeds: dict[str, dict],
-                   attention_factor: float, vmap_width: Any = "auto") -> dict[str, float]:
+                   attention_factor: float) -> dict[str, float]:
     """{method: perplexity over the held-out windows} for the classic methods, each seed and the searched λ."""
     specs: dict[str, RopeSpec] = {m: rope_methods.method_spec(cfg.rope, m, target) for m in CLASSIC_METHODS}
     for name, seed in seeds.items():
         specs[f"seed:{name}"] = longrope_spec(cfg.rope, seed["long_factor"], max_position_embeddings=target,
                                               attention_factor=attention_factor)
     specs["searched"] = rope_methods.method_spec(cfg.rope, "longrope", target, factors_path)
-    evaluator = PerplexityEvaluator(model, vmap_width=vmap_width)
-    values = evaluator.perplexity(tokens, list(specs.values()))
-    return {name: float(v) for name, v in zip(specs, values)}
+    return perplexity_table(model, tokens, specs)
 
 
 def run_bench(config: Any, ratio: int, workdir: str | Path, results_dir: str | Path, log=print) -> dict:
@@ -67,7 +65,7 @@ def run_bench(config: Any, ratio: int, workdir: str | Path, results_dir: str | P
     tokens, where = random_windows(held_docs, target, int(config.bench.held_out_windows),
                                    int(config.bench.held_out_seed), bool(config.data.add_bos), cfg.bos_token_id)
     table = held_out_table(model, cfg, tokens, target, workdir / "rope_scaling.json", summary["seeds"],
-                           summary["attention_factor"], config.model.get("vmap_width", "auto"))
+                           summary["attention_factor"])
     best_seed = min(summary["seeds"], key=lambda n: summary["seeds"][n]["search_perplexity"])
     table["best_seed"] = table[f"seed:{best_seed}"]
     closed = {m: table[m] for m in CLASSIC_METHODS if math.isfinite(table[m])}
@@ -113,20 +111,21 @@ def closed_form_table(config: Any, ratios: list[int], results_dir: str | Path, l
     model, cfg, tokenizer = load_from_config(config.model)
     native = int(config.bench.native_length)
     held_docs = load_token_documents(text_source(config.data, config.data.held_out_split), tokenizer)
-    evaluator = PerplexityEvaluator(model, vmap_width=config.model.get("vmap_width", "auto"))
+    evaluator = PerplexityEvaluator(model)
     table: dict[str, dict[str, float]] = {m: {} for m in CLASSIC_METHODS}
     seconds: dict[str, float] = {}
     for ratio in ratios:
         length = int(ratio) * native
         tokens, _ = random_windows(held_docs, length, int(config.bench.held_out_windows),
                                    int(config.bench.held_out_seed), bool(config.data.add_bos), cfg.bos_token_id)
-        specs = [rope_methods.method_spec(cfg.rope, m, length) for m in CLASSIC_METHODS]
-        evaluator.perplexity(tokens[:1], specs[:1])  # compile outside the timing
+        specs = {m: rope_methods.method_spec(cfg.rope, m, length) for m in CLASSIC_METHODS}
+        first = [specs["none"]]
+        evaluator.perplexity(tokens[:1], first)  # compile outside the timing
         start = time.perf_counter()
-        evaluator.mean_nll(tokens[:1], spec_ropes(specs[:1], length))
+        evaluator.mean_nll(tokens[:1], spec_ropes(first, length))
         seconds[str(length)] = time.perf_counter() - start  # one candidate on one window
-        for method, ppl in zip(CLASSIC_METHODS, evaluator.perplexity(tokens, specs)):
-            table[method][str(length)] = float(ppl)
+        for method, ppl in perplexity_table(model, tokens, specs).items():
+            table[method][str(length)] = ppl
         log(f"{length} tokens ({ratio}x): " + ", ".join(f"{m} {table[m][str(length)]:.2f}" for m in CLASSIC_METHODS))
     results_dir.mkdir(parents=True, exist_ok=True)
     out = {"native_length": native, "ratios": [int(r) for r in ratios], "windows": int(config.bench.held_out_windows),

@@ -112,7 +112,7 @@ class FitnessEvaluator:
     def __init__(self, model: Transformer, documents: np.ndarray, space: SearchSpace, attention_scale: float,
                  original_inv_freq: np.ndarray, batch_size: int, cache: FitnessCache | None = None,
                  racing: bool = True, loss_mask: np.ndarray | None = None, mesh: jax.sharding.Mesh | None = None,
-                 context_impl: str = "ring", vmap_width: int | str | None = "auto",
+                 context_impl: str | None = None, vmap_width: int | str | None = "model",
                  base_factors: np.ndarray | None = None):
         """mesh: candidates split over its "data" axis, each document over its "context" axis (ring attention).
 
@@ -120,11 +120,12 @@ class FitnessEvaluator:
         `original_inv_freq` the model's own frequencies (so the first n̂ positions use θ, as served).
 
         vmap_width: candidates vectorised at once inside a batch (`longrope_jax.eval.perplexity`); all of them when
-        the batch is split over a data axis, whose devices each need their share at once.
+        the batch is split over a data axis, whose devices each need their share at once. It and `context_impl`
+        default to the model's `execution` settings.
         """
         self.graphdef, self.state = nnx.split(model)
         self.item_sharding = None
-        self.context = context_parallel(mesh, context_impl)
+        self.context = context_parallel(mesh, context_impl or model.cfg.execution.context_attention)
         if mesh is not None:
             self.state = jax.device_put(self.state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
         if mesh is not None and mesh.shape["data"] > 1:
@@ -132,7 +133,7 @@ class FitnessEvaluator:
                 raise ConfigError(f"search.batch_size={batch_size} must be a multiple of the mesh's data axis "
                                   f"({mesh.shape['data']}) so every device scores the same number of candidates")
             self.item_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-        self.vmap_width = resolve_vmap_width(vmap_width)  # checked even where the mesh overrides it
+        self.vmap_width = resolve_vmap_width(vmap_width, model)  # checked even where the mesh overrides it
         if self.item_sharding is not None:
             self.vmap_width = None
         self.documents = np.asarray(documents, np.int32)

@@ -22,7 +22,7 @@ from longrope_jax.errors import ConfigError
 from longrope_jax.data.sources import check_splits_apart, load_token_documents, text_source
 from longrope_jax.eval import methods as rope_methods
 from longrope_jax.eval import plots
-from longrope_jax.eval.perplexity import PerplexityEvaluator
+from longrope_jax.eval.perplexity import perplexity_table
 from longrope_jax.settings import as_list
 from longrope_jax.io import write_json_atomic, write_text_atomic
 from longrope_jax.loading import load_from_config
@@ -132,8 +132,7 @@ def run_search(config: Any, workdir: str | Path, model_bundle=None) -> dict:
     evaluator = FitnessEvaluator(model, documents, space, mscale,
                                  default_inv_freq(base.theta, base.rotary_dim),
                                  int(search_cfg.batch_size), cache, bool(search_cfg.racing), loss_mask,
-                                 search_mesh(search_cfg), config.model.get("context_attention", "ring"),
-                                 config.model.get("vmap_width", "auto"), base_factors)
+                                 search_mesh(search_cfg), base_factors=base_factors)
     state_fingerprint = {"version": FITNESS_KEY_VERSION, "namespace": namespace, "seed": int(search_cfg.seed),
                          "budget": scaled_budget(config.search), "space": repr(space)}
     if search_cfg.get("strategy", "reference") != "reference" or search_cfg.get("max_evaluations"):
@@ -259,17 +258,13 @@ def _verdict(config, model, cfg, held_out: tuple[np.ndarray, list[str]], factors
     tokens, names = held_out
     methods = [m for m in as_list(config.search.verdict_methods)] + ["longrope"]
     todo = [m for m in methods if m == "longrope" or m not in reused]
-    specs = [rope_methods.method_spec(cfg.rope, m, target, factors_path) for m in todo]
-    # With n̂ > 0 (export_target longrope_jax) the HF and GGUF loaders would serve the factors without it.
-    n_hat = int(rope_methods.read_factors(factors_path).get("n_hat", 0) or 0)
-    if n_hat:
-        todo, specs = todo + [SERVED_WITHOUT_N_HAT], specs + [rope_methods.method_spec(cfg.rope, "longrope", target,
-                                                                                        factors_path, n_hat=0)]
-    evaluator = PerplexityEvaluator(model, vmap_width=config.model.get("vmap_width", "auto"))
-    ppl = dict(zip(todo, evaluator.perplexity(tokens, specs)))
+    specs = rope_methods.with_served_spec(
+        {m: rope_methods.method_spec(cfg.rope, m, target, factors_path) for m in todo}, "longrope",
+        SERVED_WITHOUT_N_HAT)
+    ppl = perplexity_table(model, tokens, specs)
     table = {("searched" if m == "longrope" else m): float(ppl[m] if m in ppl else reused[m]) for m in methods}
-    if n_hat:
-        table[SERVED_WITHOUT_N_HAT] = float(ppl[SERVED_WITHOUT_N_HAT])
+    if SERVED_WITHOUT_N_HAT in ppl:
+        table[SERVED_WITHOUT_N_HAT] = ppl[SERVED_WITHOUT_N_HAT]
     finite = {m: p for m, p in table.items() if math.isfinite(p) and m != SERVED_WITHOUT_N_HAT}
     return {"held_out_documents": names, "length": target, "perplexity": table,
             "best_method": min(finite, key=finite.get) if finite else None,

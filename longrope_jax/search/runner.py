@@ -17,7 +17,7 @@ import numpy as np
 from longrope_jax.progress import tqdm
 
 from longrope_jax.errors import ConfigError
-from longrope_jax.io import read_json, write_json_atomic
+from longrope_jax.resume import JobState
 from longrope_jax.search.fitness import FitnessEvaluator, perplexity_of
 from longrope_jax.search.space import Candidate, SearchSpace
 from longrope_jax.search.strategies import make_strategy
@@ -45,22 +45,13 @@ def run_generations(evaluator: FitnessEvaluator, space: SearchSpace, seeds: list
                     workdir: Path, fingerprint: dict) -> dict:
     """Runs (or resumes) the search; returns the final state (population ranked best first, history, stats)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    state = read_json(workdir / STATE)
-    if state is not None and state.get("fingerprint", {}).get("version") != fingerprint.get("version"):
-        raise ConfigError(f"{workdir / STATE} was written by another longrope-jax version (search state version "
-                          f"{state.get('fingerprint', {}).get('version', 1)}, this one reads "
-                          f"{fingerprint.get('version')}); its scores cannot be reused: remove it or use a new "
-                          f"--workdir")
-    if state is not None and state.get("fingerprint") != fingerprint:
-        raise ConfigError(f"{workdir / STATE} belongs to a search with different settings (model, data, length or "
-                          f"search space); use a new --workdir or remove it")
+    job = JobState(workdir / STATE, fingerprint, fix="use a new --workdir or remove it", version_of="search state")
     seed_keys = [space.key(space.project(np.asarray(s))) for s in seeds]
-    if state is not None and state.get("seeds", seed_keys) != seed_keys:
+    state = job.load(lambda: {"generation": 0, "population": [], "history": [], "pending": None, "stats": {},
+                              "seeds": seed_keys})
+    if state.get("seeds", seed_keys) != seed_keys:
         raise ConfigError(f"{workdir / STATE} was seeded differently (search.seed_methods / search.seed_scales); use "
                           f"a new --workdir or restore the seed settings")
-    if state is None:
-        state = {"fingerprint": fingerprint, "generation": 0, "population": [], "history": [], "pending": None,
-                 "stats": {}, "seeds": seed_keys}
     base_key = jax.random.key(int(search_cfg.seed))
     generations = int(search_cfg.generations)
     budget = evaluation_budget(search_cfg)
@@ -69,7 +60,7 @@ def run_generations(evaluator: FitnessEvaluator, space: SearchSpace, seeds: list
     bar = tqdm(total=generations + 1, initial=state["generation"], desc="search", unit="gen")
 
     def save() -> None:
-        write_json_atomic(workdir / STATE, state)
+        job.save(state)
 
     def spent() -> float:
         """Full-evaluation equivalents so far: the documents known for every distinct candidate / documents per

@@ -45,7 +45,7 @@ def run_finetune(config: Any, workdir: str | Path, model_bundle=None) -> dict:
     iterators = {"long": train_data.batch_iterator(stream, int(ft.seq_len), int(ft.batch_size), int(ft.seed)),
                  "short": train_data.batch_iterator(stream, int(ft.short_seq_len), int(ft.batch_size),
                                                     int(ft.seed) + 1)}
-    trainer = Trainer(model, cfg, ft, workdir, long_spec, config.model.get("context_attention", "ring"))
+    trainer = Trainer(model, cfg, ft, workdir, long_spec)
     metrics_path = workdir / "metrics.jsonl"
     trainer.run(iterators, metrics_path)
     records = read_metrics(metrics_path) if is_primary() else []

@@ -33,7 +33,7 @@ def fixture_model_config(fixture: Mapping[str, Any], **execution: Any) -> ModelC
     fields = dict(fixture)
     theta, native = float(fields.pop("rope_theta")), int(fields.pop("native_length"))
     rope = RopeSpec(head_dim=int(fields["head_dim"]), theta=theta, max_position_embeddings=native)
-    return ModelConfig(architecture="llama", rope=rope, bos_token_id=0, eos_token_id=0, **fields, **execution)
+    return ModelConfig(architecture="llama", rope=rope, bos_token_id=0, eos_token_id=0, **fields).replace(**execution)
 
 
 def train_bpe_tokenizer(texts: Mapping[str, str], vocab_size: int) -> Tokenizer:

@@ -26,6 +26,7 @@ from longrope_jax.progress import StepClock, tqdm
 from longrope_jax.errors import CheckpointError, ConfigError
 from longrope_jax.model.config import ModelConfig, config_to_dict, without_speed_settings
 from longrope_jax.distributed import is_primary
+from longrope_jax.resume import normalised, refuse_changed
 from longrope_jax.model.context import context_parallel
 from longrope_jax.model.loss import sequence_nll
 from longrope_jax.model.state import merge_params, split_params, unflatten
@@ -55,7 +56,7 @@ def make_optimizer(cfg: Any) -> optax.GradientTransformation:
 
 def check_memory(model_cfg: ModelConfig, seq_len: int, batch: int) -> None:
     """Rejects settings that would allocate an L×L score matrix per layer (reference attention at long L)."""
-    if model_cfg.attention == "reference":
+    if model_cfg.execution.attention == "reference":
         scores = batch * model_cfg.num_heads * seq_len * seq_len * 4
         if scores > REFERENCE_ATTENTION_BYTES:
             raise ConfigError(f"attention='reference' at seq_len={seq_len} needs {scores / 2**30:.1f} GiB of scores "
@@ -66,14 +67,14 @@ class Trainer:
     """Owns the mesh, the compiled steps and the checkpoint manager of one fine-tuning run."""
 
     def __init__(self, model, model_cfg: ModelConfig, train_cfg: Any, workdir: str | Path, long_spec: RopeSpec,
-                 context_impl: str = "ring"):
+                 context_impl: str | None = None):
         # Absolute: Orbax refuses relative checkpoint paths (`--workdir runs/x` is what users type).
         self.cfg, self.model_cfg, self.workdir = train_cfg, model_cfg, Path(workdir).absolute()
         if int(train_cfg.checkpoint_every) < 1:
             raise ConfigError(f"finetune.checkpoint_every={train_cfg.checkpoint_every}: save every N >= 1 steps")
         self.mesh = make_mesh(*mesh_sizes(train_cfg.mesh, "finetune.mesh"))
         # A context axis > 1 splits every sequence over its devices (ring attention, load-balanced).
-        self.context = context_parallel(self.mesh, context_impl)
+        self.context = context_parallel(self.mesh, context_impl or model_cfg.execution.context_attention)
         self.graphdef, self.template, params = split_params(model)
         shardings = unflatten(param_shardings(model_cfg, self.mesh))
         self.param_shardings = shardings
@@ -112,13 +113,13 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
     def fingerprint(self) -> dict:
         cfg = self.cfg
-        return json.loads(json.dumps({
+        return normalised({
             "model": without_speed_settings(config_to_dict(self.model_cfg)),
             "long_rope": self.long_spec.to_dict(), "seq_len": cfg.seq_len, "short_seq_len": cfg.short_seq_len,
             "batch_size": cfg.batch_size, "long_ratio": cfg.long_ratio, "learning_rate": cfg.learning_rate,
             "grad_accum": cfg.grad_accum, "seed": cfg.seed, "steps": cfg.steps, "warmup_steps": cfg.warmup_steps,
             "final_lr_fraction": cfg.final_lr_fraction, "weight_decay": cfg.weight_decay,
-            "grad_clip": cfg.grad_clip}))
+            "grad_clip": cfg.grad_clip})
 
     def save(self, iterators: dict, force: bool = False) -> None:
         if (not force and self.step % int(self.cfg.checkpoint_every)) or self.manager.latest_step() == self.step:
@@ -166,11 +167,8 @@ class Trainer:
         meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
         # Checkpoints written before a setting counted as speed-only still recorded it: compare without them.
         saved = {**meta["fingerprint"], "model": without_speed_settings(meta["fingerprint"].get("model", {}))}
-        current = self.fingerprint()
-        if saved != current:
-            changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
-            raise CheckpointError(f"checkpoint at step {step} in {self.workdir} was made with different settings "
-                                  f"({', '.join(changed)}); use a new --workdir or restore the old config")
+        refuse_changed(f"checkpoint at step {step} in {self.workdir} was made", saved, self.fingerprint(),
+                       "use a new --workdir or restore the old config", error=CheckpointError)
 
         def abstract(tree):
             return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)

@@ -28,7 +28,6 @@ class TaskRun:
 
     eval_cfg: Any
     data_cfg: Any
-    model_cfg: Any
     model: Any
     cfg: Any
     tokenizer: Any

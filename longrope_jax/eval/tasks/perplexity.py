@@ -65,8 +65,8 @@ class PerplexityTask(EvalTask):
         batches = self._batches(run)
         # eval.context_parallel > 1 splits each document over that many devices (ring attention).
         context = context_parallel(make_mesh(context=int(eval_cfg.get("context_parallel", 1))),
-                                   run.model_cfg.get("context_attention", "ring"))
-        evaluator = PerplexityEvaluator(run.model, context, run.model_cfg.get("vmap_width", "auto"))
+                                   run.model.cfg.execution.context_attention)
+        evaluator = PerplexityEvaluator(run.model, context)
         results["documents"] = {str(length): batch[1] for length, batch in batches.items()}
         per_batch = max(1, int(eval_cfg.candidates_per_batch))
         todo = [(length, d, names[i:i + per_batch]) for length in batches for d in range(eval_cfg.documents)
