@@ -103,30 +103,42 @@ class Pipeline:
         self.enabled = [s for s in STAGES if s in stages]
 
     # ------------------------------------------------------------------ bookkeeping
-    def _stage_config(self, stage: str, base_factors: str = "") -> Any:
-        """The config a stage runs with: the user's, with the settings the pipeline decides for that stage."""
-        config = copy.deepcopy(self.config)
-        p = config.pipeline
+    def _search_target(self, stage: str, base_factors: str = ""):
+        """What a search stage extends to, decided here and handed to the search (`SearchTarget`): every stage
+        uses the final context's attention scale, the final search builds on the first one's λ, none is judged
+        on held-out text (the report does that)."""
+        from longrope_jax.search.job import SearchTarget
+
+        p = self.config.pipeline
         first, final = int(p.first_target), int(p.final_target)
         if stage == "search_long":
-            config.search.update(target_length=first, scale_target=final, verdict_documents=0)
-        elif stage == "finetune":
-            config.finetune.update(factors=base_factors, target_length=final)
-        elif stage == "search_final":
-            config.search.update(target_length=final, scale_target=final, base_factors=base_factors,
-                                 base_length=first if base_factors else 0, verdict_documents=0)
+            return SearchTarget(first, final)
+        if stage == "search_final":
+            return SearchTarget(final, final, base_factors, first if base_factors else 0)
+        return SearchTarget(int(p.short_length or self._original), final)
+
+    def _stage_config(self, stage: str, base_factors: str = "") -> Any:
+        """The config a stage runs with: the user's, with the settings the pipeline decides for that stage (the
+        fine-tune's factors and length; the short search's space, bound and budget). A search's target is not
+        here: it is a `SearchTarget` (`_search_target`)."""
+        config = copy.deepcopy(self.config)
+        p = config.pipeline
+        if stage == "finetune":
+            config.finetune.update(factors=base_factors, target_length=int(p.final_target))
         elif stage == "search_short":
-            config.search.update(target_length=int(p.short_length or self._original), scale_target=final,
-                                 space="dim_mono", upper=float(p.short_upper), base_factors="", base_length=0,
-                                 verdict_documents=0, evo_scale=float(p.short_evo_scale), search_n_hat=False)
+            config.search.update(space="dim_mono", upper=float(p.short_upper), evo_scale=float(p.short_evo_scale),
+                                 search_n_hat=False)
         return config
 
     def _fingerprint(self, stage: str, inputs: dict) -> dict:
         """What the stage uses and nothing else: the sections it reads, as it runs them (a field the pipeline sets
         for the stage is the value it sets, so the user's value of it cannot make a finished stage look changed),
         its input files' digests, and the final length where the stage writes it."""
-        config = self._stage_config(stage, "(in inputs)" if inputs.get("factors") else "")
+        base_factors = "(in inputs)" if inputs.get("factors") else ""
+        config = self._stage_config(stage, base_factors)
         uses = {name: _section(config, name) for name in _STAGE_SECTIONS[stage]}
+        if stage.startswith("search_"):  # the search's own target fields are replaced by the stage's target
+            uses["search"].update(self._search_target(stage, base_factors).settings())
         for name, key in (("search", "base_factors"), ("finetune", "factors")):
             uses.get(name, {}).pop(key, None)  # a path inside the workdir; its contents are in `inputs`
         if stage in ("export", "search_final", "finetune", "report"):
@@ -211,8 +223,9 @@ class Pipeline:
         long_factors = None  # path of the current long rope_scaling.json
         if "search_long" in self.enabled:
             out = self._run_stage("search_long", {}, lambda d: {"rope_scaling": str(d / "rope_scaling.json"),
-                                                                 **_summary(run_search(self._stage_config(
-                                                                     "search_long"), d, self._bundle))})
+                                                                 **_summary(run_search(
+                                                                     self.config, d, self._bundle,
+                                                                     self._search_target("search_long")))})
             long_factors = out["rope_scaling"]
         model_dir = None
         if "finetune" in self.enabled:
@@ -225,16 +238,17 @@ class Pipeline:
             model_dir = out["model_dir"]
         bundle = self._model_dir_bundle(model_dir, self.config.model) if model_dir else self._base_bundle()
         if "search_final" in self.enabled and final > first:
-            config = self._stage_config("search_final", long_factors or "")
+            goal = self._search_target("search_final", long_factors or "")
             out = self._run_stage("search_final", {"factors": _digest(long_factors), "model": model_dir},
                                   lambda d: {"rope_scaling": str(d / "rope_scaling.json"),
-                                             **_summary(run_search(config, d, bundle))})
+                                             **_summary(run_search(self.config, d, bundle, goal))})
             long_factors = out["rope_scaling"]
         short_factors = None
         if "search_short" in self.enabled:
             out = self._run_stage("search_short", {"model": model_dir},
                                   lambda d: {"rope_scaling": str(d / "rope_scaling.json"),
-                                             **_summary(run_search(self._stage_config("search_short"), d, bundle))})
+                                             **_summary(run_search(self._stage_config("search_short"), d, bundle,
+                                                                   self._search_target("search_short")))})
             short_factors = out["rope_scaling"]
         if "export" in self.enabled:
             if long_factors is None:

@@ -128,3 +128,25 @@ def test_needle_nll_rejects_bad_masks(model, tokenizer, texts):
     with pytest.raises(ConfigError):
         needle_nll(model, NeedleBatch(batch.tokens, np.zeros_like(batch.loss_mask), batch.numbers, batch.depths,
                                       batch.sources, batch.needle_starts), rope)
+
+
+def test_search_needle_fitness_runs_the_head_on_the_answer_span_only_and_matches_full_logits(model, tokenizer,
+                                                                                              texts):
+    """The search's needle-driven fitness (`FitnessEvaluator` with a loss mask) scores what full logits give, with
+    the LM head over the span from the earliest answer token only."""
+    from longrope_jax.rope import default_inv_freq, longrope_spec
+    from longrope_jax.search.fitness import FitnessEvaluator
+    from longrope_jax.search.space import SearchSpace
+
+    length = 72
+    batch = needle_documents(tokenizer, texts, length, count=2, depths=(0.3, 0.7), seed=2, bos_id=BOS)
+    base = model.cfg.rope
+    space = SearchSpace("dim_mono", base.half_dim, 2.0)
+    evaluator = FitnessEvaluator(model, batch.tokens, space, 1.0, default_inv_freq(base.theta, base.rotary_dim), 2,
+                                 racing=False, loss_mask=batch.loss_mask)
+    first_answer = int(batch.loss_mask.argmax(axis=1).min())
+    assert evaluator.span == length - first_answer < length - 1  # the haystack before it gets no logits
+    candidate = space.project(np.linspace(1.0, 2.0, base.half_dim))
+    scores = evaluator._score_items([(candidate, 0), (candidate, 1)])
+    spec = longrope_spec(base, candidate.array.tolist(), max_position_embeddings=length, attention_factor=1.0)
+    np.testing.assert_allclose(scores, _full_logits_nll(model, batch, rope_inputs(spec, length)), atol=1e-5)

@@ -408,3 +408,19 @@ def test_crossover_children_take_every_factor_from_between_their_parents(kind, s
         low, high = np.minimum(first.array, second.array), np.maximum(first.array, second.array)
         assert np.all(child.array >= low - 1e-9) and np.all(child.array <= high + 1e-9)
         assert child.n_hat in (first.n_hat, second.n_hat) and space.is_valid(child)
+
+
+def test_a_search_handed_its_target_ignores_the_target_fields_of_its_settings(tmp_path):
+    """The pipeline hands each stage a `SearchTarget`; the search then reads none of config.search's target fields
+    (here illegal ones), and finds what the same target given through the settings finds."""
+    from longrope_jax.search.job import SearchTarget
+
+    given = run_search(tiny(cache=str(tmp_path / "a.sqlite"), target_length=0, scale_target=-5, verdict_documents=7,
+                            base_factors=str(tmp_path / "missing.csv")), tmp_path / "given",
+                       goal=SearchTarget(128, 256))
+    assert given["target_length"] == 128 and "verdict" not in given
+    from_settings = run_search(tiny(cache=str(tmp_path / "b.sqlite"), target_length=128, scale_target=256,
+                                    verdict_documents=0), tmp_path / "settings")
+    assert given["attention_factor"] == from_settings["attention_factor"]
+    assert json.loads((tmp_path / "given" / "factors.json").read_text()) == \
+        json.loads((tmp_path / "settings" / "factors.json").read_text())

@@ -24,7 +24,7 @@ from tokenizers import Tokenizer
 
 from longrope_jax.errors import ConfigError, DataError
 from longrope_jax.eval.perplexity import map_candidates, resolve_vmap_width, stack_ropes
-from longrope_jax.model.loss import chunked_token_nll
+from longrope_jax.model.loss import scored_nll
 from longrope_jax.model.transformer import Transformer
 from longrope_jax.rope import RopeInputs
 
@@ -129,13 +129,8 @@ def needle_documents(tokenizer: Tokenizer, texts: Sequence[str], length: int, co
 def _candidates_needle_nll(graphdef, state, tokens: jax.Array, mask: jax.Array, ropes: RopeInputs,
                            span: int, vmap_width: int | None = None) -> jax.Array:
     def one(params, rope):
-        model = nnx.merge(graphdef, params)
-        hidden, _ = model.hidden(tokens[:, :-1], rope=rope)
         # Only the last `span` targets can be answer tokens: the LM head never runs over the haystack.
-        nll = chunked_token_nll(hidden[:, -span:], model.output_kernel(), tokens[:, -span:],
-                                model.cfg.execution.loss_chunk)
-        weights = mask[:, -span:].astype(jnp.float32)
-        return (nll * weights).sum(axis=-1) / weights.sum(axis=-1)  # (B,)
+        return scored_nll(nnx.merge(graphdef, params), tokens, rope, mask[:, 1:].astype(jnp.float32), span)  # (B,)
 
     return map_candidates(one, state, ropes, vmap_width)  # (C, B)
 

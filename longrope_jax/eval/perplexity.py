@@ -25,7 +25,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from longrope_jax.errors import ConfigError
 from longrope_jax.model.context import ContextParallel
-from longrope_jax.model.loss import chunked_token_nll, sequence_nll
+from longrope_jax.model.loss import chunked_token_nll, scored_nll
 from longrope_jax.model.transformer import Transformer
 from longrope_jax.rope import RopeInputs, RopeSpec, rope_inputs
 
@@ -94,7 +94,7 @@ def perplexity_table(model: Transformer, documents: np.ndarray, specs: Mapping[s
 def _candidates_mean_nll(graphdef, state, tokens: jax.Array, ropes: RopeInputs,
                          context: ContextParallel | None = None, vmap_width: int | None = None) -> jax.Array:
     def one(params, rope):
-        return sequence_nll(nnx.merge(graphdef, params), tokens, rope=rope, context=context).mean(axis=-1)  # (B,)
+        return scored_nll(nnx.merge(graphdef, params), tokens, rope, context=context)  # (B,)
 
     return map_candidates(one, state, ropes, vmap_width)  # (C, B)
 

@@ -54,3 +54,26 @@ def sequence_nll(model: Transformer, tokens: jax.Array, positions: jax.Array | N
         return context_nll(model, tokens, rope, context, positions)
     hidden, _ = model.hidden(tokens[:, :-1], None if positions is None else positions[:, :-1], rope)
     return chunked_token_nll(hidden, model.output_kernel(), tokens[:, 1:], model.cfg.execution.loss_chunk)
+
+
+def scored_nll(model: Transformer, tokens: jax.Array, rope: RopeInputs, weights: jax.Array | None = None,
+               span: int | None = None, context: ContextParallel | None = None) -> jax.Array:
+    """Mean NLL per row (B,) of tokens[:, 1:] given their prefixes: the one scoring rule of the search's fitness
+    and of evaluation (perplexity, needle-driven perplexity).
+
+    weights (B, L-1): how much each target counts (None: all alike; the answer tokens for LongRoPE2's
+    needle-driven perplexity). span (static): only the last `span` targets carry weight, so the LM head runs over
+    those alone (the haystack's hidden states are needed, its logits are not); None: every target. Under context
+    parallelism every target is scored (the head is split with the sequence).
+    """
+    if span is None or context is not None:
+        nll = sequence_nll(model, tokens, rope=rope, context=context)
+    else:
+        hidden, _ = model.hidden(tokens[:, :-1], rope=rope)
+        nll = chunked_token_nll(hidden[:, -span:], model.output_kernel(), tokens[:, -span:],
+                                model.cfg.execution.loss_chunk)
+        weights = None if weights is None else weights[:, -span:]
+    if weights is None:
+        return nll.mean(axis=-1)
+    return jnp.sum(nll * weights, axis=-1) / jnp.sum(weights, axis=-1)
+

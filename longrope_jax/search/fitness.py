@@ -24,26 +24,27 @@ from flax import nnx
 from longrope_jax.errors import CheckpointError, ConfigError
 from longrope_jax.eval.perplexity import map_candidates, resolve_vmap_width
 from longrope_jax.model.context import ContextParallel, context_parallel
-from longrope_jax.model.loss import sequence_nll
+from longrope_jax.model.loss import scored_nll
 from longrope_jax.model.transformer import Transformer
 from longrope_jax.rope import longrope_inputs
 from longrope_jax.search.space import Candidate, SearchSpace
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "context", "vmap_width"))
+@functools.partial(jax.jit, static_argnames=("graphdef", "context", "vmap_width", "span"))
 def _items_mean_nll(graphdef, state, tokens: jax.Array, weights: jax.Array, factors: jax.Array, n_hat: jax.Array,
                     original_inv_freq: jax.Array, attention_scale: jax.Array,
-                    context: ContextParallel | None = None, vmap_width: int | None = None) -> jax.Array:
-    """(C,) weighted mean NLL of C (document, factors, n̂) items.
+                    context: ContextParallel | None = None, vmap_width: int | None = None,
+                    span: int | None = None) -> jax.Array:
+    """(C,) weighted mean NLL of C (document, factors, n̂) items (`model.loss.scored_nll`).
 
     tokens (C, 1, L); weights (C, 1, L-1) per predicted token (all ones for perplexity, the answer tokens for
-    needle-driven perplexity); factors (C, d/2); n_hat (C,).
+    needle-driven perplexity, whose last `span` targets alone go through the LM head); factors (C, d/2);
+    n_hat (C,).
     """
     def one(params, item):
         doc, weight, lam, start = item
         rope = longrope_inputs(original_inv_freq, lam, attention_scale, start)
-        nll = sequence_nll(nnx.merge(graphdef, params), doc, rope=rope, context=context)
-        return jnp.sum(nll * weight) / jnp.sum(weight)
+        return scored_nll(nnx.merge(graphdef, params), doc, rope, weight, span, context)[0]
 
     return map_candidates(one, state, (tokens, weights, factors, n_hat), vmap_width)
 
@@ -140,6 +141,8 @@ class FitnessEvaluator:
         # loss_mask (D, L) marks the tokens that count (needle answers); the target of position t is token t + 1.
         mask = np.ones(self.documents.shape, bool) if loss_mask is None else np.asarray(loss_mask, bool)
         self.weights = mask[:, 1:].astype(np.float32)
+        # Needle documents: only targets from the earliest answer token on can count, so only they need logits.
+        self.span = None if loss_mask is None else int(self.weights.shape[1] - self.weights.any(axis=0).argmax())
         self.space, self.cache, self.racing = space, cache, racing
         self.batch_size = max(1, int(batch_size))
         self.scale = jnp.float32(attention_scale)
@@ -166,7 +169,7 @@ class FitnessEvaluator:
             items_in = [jax.device_put(x, self.item_sharding) if self.item_sharding else jnp.asarray(x)
                         for x in items_in]
             nll = _items_mean_nll(self.graphdef, self.state, *items_in, self.original_inv_freq, self.scale,
-                                  self.context, self.vmap_width)
+                                  self.context, self.vmap_width, self.span)
             out += [float(v) for v in np.asarray(nll)[:len(chunk)]]
             self.stats["doc_evals"] += len(chunk)
             if self.on_items is not None:

@@ -7,6 +7,7 @@ summary.json (target, budget, search and held-out documents, per-method perplexi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -98,20 +99,62 @@ def search_mesh(search_cfg: Any) -> Mesh | None:
     return make_mesh(data=data, context=context) if data * context > 1 else None
 
 
-def run_search(config: Any, workdir: str | Path, model_bundle=None) -> dict:
-    """Searches LongRoPE factors for config.search.target_length; returns summary.json's content."""
+@dataclasses.dataclass(frozen=True)
+class SearchTarget:
+    """What a search extends the model to: decided by its caller, not read from config.search inside the search.
+
+    `experiments.search` takes it from the search section (`from_settings`); the pipeline decides it per stage.
+    length: the length the fitness is measured at; scale_target: the final long context whose attention scale
+    every stage uses (0: `length`); base_factors: a factor file with λ1 of a progressive stage ("" for none),
+    searched for base_length tokens (0: the native length); verdict_documents: held-out documents the result is
+    judged on (0: no verdict).
+    """
+
+    length: Any
+    scale_target: int = 0
+    base_factors: str = ""
+    base_length: int = 0
+    verdict_documents: int = 0
+
+    @classmethod
+    def from_settings(cls, search: Any) -> "SearchTarget":
+        return cls(search.get("target_length"), int(search.get("scale_target", 0) or 0),
+                   str(search.get("base_factors", "") or ""), int(search.get("base_length", 0) or 0),
+                   int(search.get("verdict_documents", 0) or 0))
+
+    def check(self, original_length: int) -> None:
+        target = self.length
+        if not isinstance(target, int) or isinstance(target, bool) or target < original_length:
+            raise ConfigError(f"search.target_length={target!r} must be an integer of at least the model's native "
+                              f"length {original_length} (above it for long factors, equal for short ones); e.g. "
+                              f"--config.search.target_length={2 * original_length}")
+
+    def settings(self) -> dict[str, Any]:
+        """As search-section fields (what a stage fingerprint records)."""
+        return {"target_length": self.length, "scale_target": self.scale_target, "base_factors": self.base_factors,
+                "base_length": self.base_length, "verdict_documents": self.verdict_documents}
+
+
+def run_search(config: Any, workdir: str | Path, model_bundle=None, goal: SearchTarget | None = None) -> dict:
+    """Searches LongRoPE factors for `goal` (default: the one config.search names); returns summary.json's content.
+
+    config: its model (unless `model_bundle` is given), data and search sections; the search section's target
+    fields are ignored when `goal` is given.
+    """
     from longrope_jax.rope import default_inv_freq
 
     workdir = Path(workdir)
+    goal = goal or SearchTarget.from_settings(config.search)
     search_cfg = config.search.copy_and_resolve_references()
     search_cfg.update(scaled_budget(config.search))
     model, cfg, tokenizer = model_bundle or load_from_config(config.model)
     base = cfg.rope
     original = base.original_length
     check_search_settings(config.search, original)
-    target = int(search_cfg.target_length)
-    mscale = _attention_scale(base, int(search_cfg.scale_target or target))
-    base_factors, base_length = _base_factors(search_cfg, base)
+    goal.check(original)
+    target = int(goal.length)
+    mscale = _attention_scale(base, goal.scale_target or target)
+    base_factors, base_length = _base_factors(goal, base)
     space = space_from_config(search_cfg, base.half_dim, max(target / base_length, 1.0), base.rotary_dim,
                               base.theta, original)
     documents, loss_mask, used = _search_documents(config, search_cfg, cfg, tokenizer, target)
@@ -122,7 +165,7 @@ def run_search(config: Any, workdir: str | Path, model_bundle=None) -> dict:
     if len(seeds) > int(search_cfg.population):
         raise ConfigError(f"{len(seeds)} seeds (search.seed_methods × search.seed_scales) do not fit in a population "
                           f"of {search_cfg.population}; raise search.population or use fewer seeds")
-    baselines, held_out = _verdict_inputs(config, search_cfg, cfg, tokenizer, target, model_bundle)
+    baselines, held_out = _verdict_inputs(config, search_cfg, goal, cfg, tokenizer, model_bundle)
     # Everything a score depends on: the whole model (config incl. compute dtype, every parameter), the documents
     # and what counts in them, the target, the attention scale, the space's fixed parts and λ1 of a second stage.
     namespace = fingerprint(FITNESS_KEY_VERSION, model_identity(model), documents, target, round(mscale, 9),
@@ -145,7 +188,7 @@ def run_search(config: Any, workdir: str | Path, model_bundle=None) -> dict:
     summary["seeds"] = _seed_fitness(evaluator, space, seed_factors(
         seed_base, target, as_list(search_cfg.seed_methods), as_list(search_cfg.seed_scales)), base_factors)
     write_json_atomic(workdir / "summary.json", summary)
-    if search_cfg.verdict_documents:
+    if goal.verdict_documents:
         summary["verdict"] = _verdict(config, model, cfg, held_out, workdir / "rope_scaling.json", target,
                                       baselines)
         write_json_atomic(workdir / "summary.json", summary)
@@ -161,13 +204,13 @@ def _attention_scale(base: RopeSpec, scale_target: int) -> float:
                                          max_position_embeddings=max(scale_target, original + 1)))
 
 
-def _base_factors(search_cfg: Any, base: RopeSpec) -> tuple[np.ndarray, int]:
+def _base_factors(goal: SearchTarget, base: RopeSpec) -> tuple[np.ndarray, int]:
     """(λ1, the length it was searched for): a second, progressive stage searches λ2 on top of a fixed λ1, the
     candidates divide the already-rescaled frequencies and the saved factors are λ2 ⊙ λ1. Ones otherwise."""
-    if not search_cfg.base_factors:
+    if not goal.base_factors:
         return np.ones(base.half_dim), base.original_length
-    factors = rope_methods.read_factors(search_cfg.base_factors, base.half_dim)["long_factor"]
-    return np.asarray(factors, np.float64), int(search_cfg.base_length or base.original_length)
+    factors = rope_methods.read_factors(goal.base_factors, base.half_dim)["long_factor"]
+    return np.asarray(factors, np.float64), int(goal.base_length or base.original_length)
 
 
 def _search_documents(config: Any, search_cfg: Any, cfg, tokenizer, target: int
@@ -194,17 +237,18 @@ def _search_documents(config: Any, search_cfg: Any, cfg, tokenizer, target: int
     return documents, None, used
 
 
-def _verdict_inputs(config: Any, search_cfg: Any, cfg, tokenizer, target: int, model_bundle
+def _verdict_inputs(config: Any, search_cfg: Any, goal: SearchTarget, cfg, tokenizer, model_bundle
                     ) -> tuple[dict[str, float], tuple[np.ndarray, list[str]] | None]:
     """(baselines measured before, held-out tokens) for the verdict, checked before hours of search, not after."""
-    if not search_cfg.verdict_documents:
+    if not goal.verdict_documents:
         return {}, None
+    target = int(goal.length)
     for method in as_list(search_cfg.verdict_methods):
         if method in ("longrope", "phi3") or method not in rope_methods.METHODS:
             raise ConfigError(f"search.verdict_methods: {method!r} is not a baseline; use some of none, pi, ntk, "
                               f"dynamic, yarn (the searched factors are always compared)")
     check_splits_apart(config.data, config.data.search_split, config.data.held_out_split)
-    held_out = _held_out(config, cfg, tokenizer, target)  # tokenised once: the checks below and the verdict
+    held_out = _held_out(config, cfg, tokenizer, target, goal.verdict_documents)  # tokenised once
     if not search_cfg.verdict_results:
         return {}, held_out
     if model_bundle is not None:
@@ -245,10 +289,11 @@ def _seed_fitness(evaluator: FitnessEvaluator, space, seeds: dict[str, np.ndarra
                    "long_factor": (c.array * base_factors).tolist()} for name, c in projected.items()}
 
 
-def _held_out(config, cfg, tokenizer, target: int) -> tuple[np.ndarray, list[str]]:
+def _held_out(config, cfg, tokenizer, target: int, count: int | None = None) -> tuple[np.ndarray, list[str]]:
+    """The first `count` held-out documents (default: search.verdict_documents) at `target` tokens."""
+    count = int(config.search.verdict_documents) if count is None else count
     docs = load_token_documents(text_source(config.data, config.data.held_out_split), tokenizer)
-    return first_documents(docs, target, int(config.search.verdict_documents), bool(config.data.add_bos),
-                           cfg.bos_token_id)
+    return first_documents(docs, target, count, bool(config.data.add_bos), cfg.bos_token_id)
 
 
 def _verdict(config, model, cfg, held_out: tuple[np.ndarray, list[str]], factors_path: Path, target: int,

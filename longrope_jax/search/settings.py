@@ -42,11 +42,6 @@ def check_search_settings(search: Any, original_length: int) -> None:
     if search.get("strategy", "reference") not in STRATEGIES:
         raise ConfigError(f"search.strategy={search.get('strategy')!r} is not a strategy; use one of "
                           f"{', '.join(STRATEGIES)}")
-    target = search.get("target_length")
-    if not isinstance(target, int) or isinstance(target, bool) or target < original_length:
-        raise ConfigError(f"search.target_length={target!r} must be an integer of at least the model's native "
-                          f"length {original_length} (above it for long factors, equal for short ones); e.g. "
-                          f"--config.search.target_length={2 * original_length}")
     if search.get("upper") and float(search.upper) < float(search.lower):
         raise ConfigError(f"search.upper={search.upper} is below search.lower={search.lower}; raise upper or set it "
                           f"to 0 (= 1.25 x the scale)")
