@@ -51,7 +51,7 @@ def model_overrides(model_section: Any) -> dict[str, Any]:
     """The ModelConfig settings (execution ones by name) a config's `model` section sets on top of the
     checkpoint's own config; checked here, so a bad value is one error before any model is read."""
     overrides = {k: model_section[k] for k in MODEL_OVERRIDES if k in model_section}
-    Execution().replace(**split_execution(overrides)[1])
+    Execution(**split_execution(overrides)[1])
     return overrides
 
 

@@ -23,8 +23,8 @@ from flax import nnx
 
 from jax.sharding import NamedSharding, PartitionSpec
 
-from longrope_jax.errors import ConfigError
 from longrope_jax.model.context import ContextParallel
+from longrope_jax.model.execution import Execution
 from longrope_jax.model.loss import chunked_token_nll, scored_nll
 from longrope_jax.model.transformer import Transformer
 from longrope_jax.rope import RopeInputs, RopeSpec, rope_inputs
@@ -54,11 +54,8 @@ def resolve_vmap_width(vmap_width: int | str | None, model: Transformer | None =
         return default_vmap_width()
     if vmap_width is None:
         return None
-    text = str(vmap_width).strip()
-    if isinstance(vmap_width, bool) or not text.isdigit():
-        raise ConfigError(f"model.vmap_width must be 'auto', 0 (all candidates at once) or a count >= 1 of "
-                          f"candidates vectorised at once; got {vmap_width!r}")
-    return int(text) or None
+    Execution(vmap_width=vmap_width)  # the one check of the setting's form
+    return int(str(vmap_width).strip()) or None
 
 
 def map_candidates(fn: Callable[[Any, Any], Any], shared: Any, xs: Any, vmap_width: int | None) -> Any:

@@ -23,9 +23,9 @@ from longrope_jax.settings import model_record
 
 def _fingerprint(config: Any) -> dict:
     """What must not change between a run and its resumption."""
-    param_dtype = config.model.get("param_dtype", "float32")  # recorded once it is not the default
+    recorded = model_record(config)  # param_dtype only once it is not the default
     return normalised({"model": config.model.path, "dtype": config.model.dtype,
-                       **({"param_dtype": param_dtype} if param_dtype != "float32" else {}),
+                       **{k: recorded[k] for k in ("param_dtype",) if k in recorded},
                        "data": config.data.to_dict(), "split": config.eval.split,
                        "documents": config.eval.documents, "factors": config.eval.factors})
 
