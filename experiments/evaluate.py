@@ -22,7 +22,9 @@ def main(argv) -> None:
     def evaluate() -> None:
         from longrope_jax.eval.runner import format_table, run_evaluation
 
-        config = _CONFIG.value
+        from longrope_jax.job_settings import parse_job
+
+        config = parse_job(_CONFIG.value)  # every section typed and checked before anything runs
         initialize_distributed(config.get("distributed"))  # no-op unless launched on several hosts
         workdir = _WORKDIR.value or f"runs/{config.name}/eval"
         results = run_evaluation(config, workdir)

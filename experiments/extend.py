@@ -26,7 +26,9 @@ def main(argv) -> None:
     def extend() -> None:
         from longrope_jax.pipeline import Pipeline
 
-        config = _CONFIG.value
+        from longrope_jax.job_settings import parse_job
+
+        config = parse_job(_CONFIG.value)  # every section typed and checked before anything runs
         initialize_distributed(config.get("distributed"))  # no-op unless launched on several hosts
         workdir = _WORKDIR.value or f"runs/{config.name}"
         start = time.time()

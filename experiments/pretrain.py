@@ -20,10 +20,16 @@ def main(argv) -> None:
     def pretrain() -> None:
         from longrope_jax.data.documents import demo_texts
         from longrope_jax.data.sources import text_source
+        from longrope_jax.errors import ConfigError
         from longrope_jax.loading import model_overrides
         from longrope_jax.train.pretrain import fixture_model_config, run_pretrain
 
-        config = _CONFIG.value
+        from longrope_jax.job_settings import parse_job
+
+        config = parse_job(_CONFIG.value)  # every section typed and checked before anything runs
+        if config.fixture is None or config.pretrain is None:
+            raise ConfigError("experiments.pretrain needs a config with fixture and pretrain sections; use "
+                              "--config configs/mini_pretrain.py")
 
         def texts(split: str) -> dict[str, str]:
             if config.data.source == "demo":

@@ -33,6 +33,7 @@ def main(argv) -> None:
         from pathlib import Path
 
         from longrope_jax.errors import ConfigError
+        from longrope_jax.job_settings import parse_job
         from longrope_jax.search.bench import bench_table, closed_form_table, run_bench
 
         if _REPORT.value:
@@ -40,14 +41,14 @@ def main(argv) -> None:
             return
 
         if _TABLE.value:
-            closed_form_table(_CONFIG.value, [int(r) for r in _TABLE.value],
+            closed_form_table(parse_job(_CONFIG.value), [int(r) for r in _TABLE.value],
                               Path(_RESULTS.value) / (_NAME.value or "mini_closed_forms"))
             return
 
         if _RATIO.value < 1:
             raise ConfigError(f"--ratio={_RATIO.value}: the target must be at least the native length (ratio >= 1)")
         name = _NAME.value or f"mini_{_RATIO.value}x"
-        run_bench(_CONFIG.value, _RATIO.value, Path(_WORKDIR.value or f"runs/bench/{name}"),
+        run_bench(parse_job(_CONFIG.value), _RATIO.value, Path(_WORKDIR.value or f"runs/bench/{name}"),
                   Path(_RESULTS.value) / name)
 
     run_main(bench)

@@ -12,14 +12,33 @@ checkpoint shards of every host, and only process 0 writes JSON, metrics and plo
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 
 from longrope_jax.errors import ConfigError
+from longrope_jax.settings import Section
 
 MODES = ("auto", "on", "off")
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributedSettings(Section):
+    """Multi-host (TPU pod slice): "auto" joins the hosts when the environment says there are several; set
+    coordinator_address / num_processes / process_id to launch by hand elsewhere."""
+
+    SECTION: ClassVar[str] = "distributed"
+
+    initialize: str = "auto"
+    coordinator_address: str = ""
+    num_processes: int = 0
+    process_id: int = -1
+
+    def check(self) -> None:
+        if self.initialize not in MODES:
+            raise ConfigError(f"distributed.initialize={self.initialize!r}: use one of {MODES}")
 
 
 def _launched_multi_host() -> bool:
@@ -32,21 +51,19 @@ def _launched_multi_host() -> bool:
     return int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1
 
 
-def initialize_distributed(settings: Any = None) -> bool:
+def initialize_distributed(settings: DistributedSettings | Any = None) -> bool:
     """Calls `jax.distributed.initialize` when this is a multi-host launch; returns whether it did.
 
     settings: the config's `distributed` section (initialize auto|on|off, coordinator_address, num_processes,
     process_id); None means auto. Must run before any other JAX call in the process.
     """
-    mode = str(settings.get("initialize", "auto")) if settings is not None else "auto"
-    if mode not in MODES:
-        raise ConfigError(f"distributed.initialize={mode!r}: use one of {MODES}")
-    address = str(settings.get("coordinator_address", "")) if settings is not None else ""
+    settings = DistributedSettings.parse(settings)
+    mode, address = settings.initialize, settings.coordinator_address
     if mode == "off" or (mode == "auto" and not address and not _launched_multi_host()):
         return False
     kwargs: dict[str, Any] = {}
     if address:
-        num, pid = int(settings.get("num_processes", 0)), int(settings.get("process_id", -1))
+        num, pid = int(settings.num_processes), int(settings.process_id)
         if num < 1 or not 0 <= pid < num:
             raise ConfigError(f"distributed.coordinator_address is set, so distributed.num_processes (got {num}) and "
                               f"distributed.process_id (got {pid}, must be in [0, num_processes)) are needed too")

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from longrope_jax.errors import CheckpointError
+from longrope_jax.errors import CheckpointError, ConfigError
 from longrope_jax.model.config import ModelConfig
 from longrope_jax.model.execution import EXECUTION_FIELDS, Execution, split_execution
 from longrope_jax.model.state import model_from_params
 from longrope_jax.model.transformer import Transformer
+from longrope_jax.settings import Section
 
 
 def load_params(path: str | Path, **config_overrides: Any) -> tuple[ModelConfig, dict[str, Any]]:
@@ -45,6 +47,41 @@ def load_model(path: str | Path, **config_overrides: Any) -> tuple[Transformer, 
 
 
 MODEL_OVERRIDES = ("dtype", "param_dtype") + EXECUTION_FIELDS
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSection(Section):
+    """The `model` section: which model, its compute and storage dtypes (they change the scores) and the
+    execution settings (`longrope_jax.model.execution`: speed and memory only).
+
+    path: a .gguf file, a HF directory, a longrope-jax model directory, "smollm2" (the GGUF fetched from PyPI) or
+    "tiny" (a random model built from `tiny`, for tests).
+    """
+
+    SECTION: ClassVar[str] = "model"
+    OMIT_WHEN_NONE: ClassVar[tuple[str, ...]] = ("tiny",)
+
+    path: str = "smollm2"
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    attention: str = "auto"
+    block_q: int = 512
+    block_kv: int = 512
+    loss_chunk: int = 1024
+    remat: str = "none"
+    scan_layers: bool = True
+    context_attention: str = "ring"
+    vmap_width: Any = "auto"
+    tiny: dict | None = None
+
+    def check(self) -> None:
+        from longrope_jax.model.config import DTYPES
+
+        for name in ("dtype", "param_dtype"):
+            if getattr(self, name) not in DTYPES:
+                raise ConfigError(f"model.{name}={getattr(self, name)!r} is not a dtype; use one of "
+                                  f"{', '.join(DTYPES)}")
+        Execution(**{k: getattr(self, k) for k in EXECUTION_FIELDS})
 
 
 def model_overrides(model_section: Any) -> dict[str, Any]:

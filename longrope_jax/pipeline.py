@@ -14,7 +14,6 @@ with other settings with new ones.
 
 from __future__ import annotations
 
-import copy
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -23,6 +22,7 @@ import numpy as np
 
 from longrope_jax.errors import ConfigError
 from longrope_jax.io import read_json, write_json_atomic, write_text_atomic
+from longrope_jax.job_settings import JobSettings, parse_job
 from longrope_jax.resume import normalised, refuse_changed
 from longrope_jax.model.config import SPEED_ONLY_MODEL_KEYS
 
@@ -89,7 +89,10 @@ def _check_targets(pipeline: Any, original: int) -> None:
 
 
 class Pipeline:
-    def __init__(self, config: Any, workdir: str | Path):
+    def __init__(self, config: JobSettings | Any, workdir: str | Path):
+        """config: the `JobSettings` a CLI parsed, or an ml_collections config (parsed here, before anything
+        is written)."""
+        config = parse_job(config)
         self.config, self.workdir = config, Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.manifest = read_json(self.workdir / MANIFEST, default={"stages": {}})
@@ -117,17 +120,17 @@ class Pipeline:
             return SearchTarget(final, final, base_factors, first if base_factors else 0)
         return SearchTarget(int(p.short_length or self._original), final)
 
-    def _stage_config(self, stage: str, base_factors: str = "") -> Any:
-        """The config a stage runs with: the user's, with the settings the pipeline decides for that stage (the
+    def _stage_config(self, stage: str, base_factors: str = "") -> JobSettings:
+        """The settings a stage runs with: the user's, with the ones the pipeline decides for that stage (the
         fine-tune's factors and length; the short search's space, bound and budget). A search's target is not
         here: it is a `SearchTarget` (`_search_target`)."""
-        config = copy.deepcopy(self.config)
-        p = config.pipeline
+        config, p = self.config, self.config.pipeline
         if stage == "finetune":
-            config.finetune.update(factors=base_factors, target_length=int(p.final_target))
-        elif stage == "search_short":
-            config.search.update(space="dim_mono", upper=float(p.short_upper), evo_scale=float(p.short_evo_scale),
-                                 search_n_hat=False)
+            return config.replace(finetune=config.finetune.replace(factors=base_factors,
+                                                                   target_length=int(p.final_target)))
+        if stage == "search_short":
+            return config.replace(search=config.search.replace(
+                space="dim_mono", upper=float(p.short_upper), evo_scale=float(p.short_evo_scale), search_n_hat=False))
         return config
 
     def _fingerprint(self, stage: str, inputs: dict) -> dict:
@@ -363,7 +366,7 @@ def _report(config, base_bundle, export: dict, manifest: dict, out: Path) -> dic
               f"model as given, with its own RoPE.\n\n"
               f"| method | " + " | ".join(str(l) for l in lengths) + " |\n|---|" + "---|" * len(lengths) + "\n"
               + "\n".join(rows) + "\n\n![perplexity](perplexity_vs_length.png)\n\n"
-              f"## Retrieval (the result, served with its short/long rule)\n\n"
+              "## Retrieval (the result, served with its short/long rule)\n\n"
               + retrieval_markdown(retrieval, retrieval_lengths) + "\n![factors](factors.png)\n\n"
               f"HF export: `{export['hf_dir']}` (rope_scaling: `{export['rope_scaling']}`)\n")
     write_text_atomic(out / "report.md", report)

@@ -348,13 +348,13 @@ def test_verdict_shows_the_figure_served_without_n_hat(tmp_path):
     from longrope_jax.eval.methods import method_spec
     from longrope_jax.eval.perplexity import PerplexityEvaluator
     from longrope_jax.loading import load_from_config
-    from longrope_jax.search.job import SERVED_WITHOUT_N_HAT, _held_out
+    from longrope_jax.search.job import SERVED_WITHOUT_N_HAT, held_out_documents
 
     config = tiny(cache=str(tmp_path / "c.sqlite"), target_length=256, n_hat_choices=(16,), windows=False,
                   documents=1, verdict_documents=1, export_target="longrope_jax")
     verdict = run_search(config, tmp_path / "w")["verdict"]
     model, cfg, tokenizer = load_from_config(config.model)
-    tokens, _ = _held_out(config, cfg, tokenizer, 256)
+    tokens, _ = held_out_documents(config.data, cfg, tokenizer, 256, config.search.verdict_documents)
     factors = tmp_path / "w" / "rope_scaling.json"
     without = method_spec(cfg.rope, "longrope", 256, factors, n_hat=0)
     assert without.n_hat == 0 and method_spec(cfg.rope, "longrope", 256, factors).n_hat == 16

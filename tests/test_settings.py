@@ -81,9 +81,9 @@ def test_param_dtype_is_a_model_setting_the_loader_applies():
     assert cfg.param_dtype == "bfloat16" and model.embed_tokens[...].dtype == jnp.bfloat16
     from longrope_jax.eval.runner import _fingerprint
     from longrope_jax.settings import model_record
-    assert _fingerprint(config)["param_dtype"] == "bfloat16" and model_record(config)["param_dtype"] == "bfloat16"
+    assert _fingerprint(config.model, config.data, config.eval)["param_dtype"] == "bfloat16" and model_record(config)["param_dtype"] == "bfloat16"
     config.model.param_dtype = "float32"  # the default is not recorded, so older results still match
-    assert "param_dtype" not in _fingerprint(config) and "param_dtype" not in model_record(config)
+    assert "param_dtype" not in _fingerprint(config.model, config.data, config.eval) and "param_dtype" not in model_record(config)
 
 
 def test_job_state_resumes_what_it_saved_and_refuses_other_settings(tmp_path):
@@ -107,3 +107,110 @@ def test_a_refusal_names_each_changed_field_and_raises_the_jobs_error():
         refuse_changed("ckpt was made", {"lr": 1, "steps": 2, "seed": 0}, {"lr": 2, "seed": 0}, "fix it",
                        error=CheckpointError)
     refuse_changed("same", {"a": np.int64(1).item()}, {"a": 1})  # equal: nothing raised
+
+
+# ----------------------------------------------------------------------------- typed config sections
+
+def _all_configs():
+    import importlib.util
+
+    for path in sorted((ROOT / "configs").glob("*.py")):
+        spec = importlib.util.spec_from_file_location(f"config_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        if hasattr(module, "get_config"):
+            yield path.name, module.get_config()
+
+
+def test_every_shipped_config_parses_into_typed_sections_that_read_like_it():
+    """The typed sections hold exactly the ConfigDict's values, so fingerprints made from either are equal."""
+    from longrope_jax.job_settings import SECTIONS, parse_job
+    from longrope_jax.resume import normalised
+
+    for name, config in _all_configs():
+        job = parse_job(config)
+        for section in config.keys():
+            if section == "name":
+                continue
+            assert isinstance(job[section], SECTIONS[section]), (name, section)
+            assert normalised(job[section].to_dict()) == normalised(config[section].to_dict()), (name, section)
+        assert job.name == config.name
+
+
+def test_the_shipped_defaults_are_declared_once_in_the_typed_sections():
+    from configs.common import base_config
+    from longrope_jax.job_settings import JobSettings
+
+    config, defaults = base_config(), JobSettings()
+    for section in ("model", "data", "eval", "search", "finetune", "pipeline", "distributed"):
+        assert config[section].to_dict() == defaults[section].to_dict(), section
+
+
+@pytest.mark.parametrize("section, field, value, words", [
+    ("search", "population", 1, "search.population=1 must be an integer >= 2"),
+    ("search", "strategy", "annealing", "search.strategy='annealing' is not a strategy"),
+    ("search", "populaton", 8, "search.populaton is not a search setting"),
+    ("finetune", "long_ratio", 1.5, "finetune.long_ratio=1.5 must be a number in [0.0, 1.0]"),
+    ("data", "source", "web", "unknown data.source 'web'"),
+    ("eval", "documents", 0, "eval.documents=0 must be an integer >= 1"),
+    ("model", "dtype", "float8", "model.dtype='float8' is not a dtype"),
+    ("distributed", "initialize", "maybe", "distributed.initialize='maybe'"),
+    ("pipeline", "short_upper", 0.5, "pipeline.short_upper=0.5 must be a number >= 1.0"),
+])
+def test_a_bad_field_in_any_section_is_one_error_naming_it(section, field, value, words):
+    from configs.tiny import get_config
+    from longrope_jax.job_settings import parse_job
+
+    config = get_config()
+    with config.unlocked():
+        config[section][field] = value
+    with pytest.raises(ConfigError, match=words.replace("(", r"\(").replace("[", r"\[")):
+        parse_job(config)
+
+
+def test_an_unknown_section_is_refused():
+    from configs.tiny import get_config
+    from longrope_jax.job_settings import parse_job
+
+    config = get_config()
+    with config.unlocked():
+        config.serach = {"population": 8}
+    with pytest.raises(ConfigError, match="config.serach is not a config section"):
+        parse_job(config)
+
+
+def test_sections_are_frozen_and_replace_checks_what_it_changes():
+    import dataclasses
+
+    from longrope_jax.search.settings import SearchSettings
+
+    search = SearchSettings()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        search.population = 8
+    smaller = search.replace(population=8)
+    assert smaller.population == 8 and search.population == 64 and smaller.get("population") == 8
+    assert "population" in smaller and smaller["generations"] == 40 and smaller.get("nonexistent", 3) == 3
+    with pytest.raises(ConfigError, match="search.population=0"):
+        search.replace(population=0)
+
+
+def test_a_search_runs_from_typed_settings_as_from_the_config(tmp_path):
+    """The CLI hands the jobs `parse_job`'s typed settings; a script may hand a ConfigDict. Same search."""
+    from configs.tiny import get_config
+    from longrope_jax.job_settings import parse_job
+    from longrope_jax.search.job import run_search
+
+    config = get_config()
+    config.search.update(dict(population=4, generations=1, parents=2, mutants=1, crossovers=1, documents=1,
+                              windows=False, target_length=128, verdict_documents=0, strategy="reference"))
+    config.search.cache = str(tmp_path / "a.sqlite")
+    plain = run_search(config, tmp_path / "plain")
+    job = parse_job(config)
+    typed = run_search(job.replace(search=job.search.replace(cache=str(tmp_path / "b.sqlite"))), tmp_path / "typed")
+    def scores(summary):
+        return [{k: v for k, v in h.items() if k != "seconds"} for h in summary["history"]]
+
+    assert typed["best_perplexity"] == plain["best_perplexity"] and scores(typed) == scores(plain)
+    assert typed["stats"]["cache_hits"] == 0  # scored afresh, not read from the first run's cache
+    factors = [json.loads((tmp_path / run / "factors.json").read_text()) for run in ("plain", "typed")]
+    assert factors[0] == factors[1]

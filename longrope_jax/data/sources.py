@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import grain
 import numpy as np
 
+from longrope_jax.data.settings import DataSettings
 from longrope_jax.errors import ConfigError, DataError
 
 
@@ -104,19 +105,16 @@ def demo_source(split: str | None = None) -> TextRecords:
     return TextRecords([{"name": n, "text": t} for n, t in demo_texts(split).items()])
 
 
-def text_source(data_cfg: Any, split: str | None = None) -> grain.sources.RandomAccessDataSource:
-    """The source a config names: data.source in {"demo", "files", "tfds"}."""
-    kind = data_cfg.source
-    if kind == "demo":
+def text_source(data: DataSettings | Any, split: str | None = None) -> grain.sources.RandomAccessDataSource:
+    """The source the data settings name (`data.source`: "demo", "files" or "tfds"), optionally one split."""
+    data = DataSettings.parse(data)
+    if data.source == "demo":
         return demo_source(split)
-    if kind == "files":
-        source = local_text_source(data_cfg.files, data_cfg.get("text_key", "text"))
-        return source if split is None else TextRecords(split_records(source, data_cfg, split))
-    if kind == "tfds":
-        return TfdsTextSource(data_cfg.tfds_name, split or data_cfg.get("tfds_split", "test"),
-                              data_cfg.get("text_key", "book_text"), data_cfg.get("name_key", "short_book_title"),
-                              data_cfg.get("tfds_data_dir"))
-    raise ConfigError(f"unknown data.source {kind!r}; use 'demo', 'files' or 'tfds'")
+    if data.source == "files":
+        source = local_text_source(data.files, data.text_key)
+        return source if split is None else TextRecords(split_records(source, data, split))
+    return TfdsTextSource(data.tfds_name, split or data.tfds_split, data.text_key, data.name_key,
+                          data.tfds_data_dir or None)
 
 
 FILE_SPLIT_FRACTIONS = {"train": 0.8, "search": 0.1, "held_out": 0.1}
@@ -146,25 +144,25 @@ def split_assignment(names: Sequence[str], seed: int, explicit: Any = None) -> d
     return {"held_out": order[:held], "search": order[held:held + search], "train": order[held + search:]}
 
 
-def split_records(source: TextRecords, data_cfg: Any, split: str) -> list[dict[str, str]]:
+def split_records(source: TextRecords, data: DataSettings | Any, split: str) -> list[dict[str, str]]:
     """The records of one split ("train", "search" or "held_out") of a local-files source."""
     if split not in FILE_SPLIT_FRACTIONS:
         raise ConfigError(f"unknown split {split!r} for data.source='files'; use {', '.join(FILE_SPLIT_FRACTIONS)}")
     records = [source[i] for i in range(len(source))]
-    assignment = split_assignment([r["name"] for r in records], int(data_cfg.get("split_seed", 0)),
-                                  data_cfg.get("split_names"))
+    data = DataSettings.parse(data)
+    assignment = split_assignment([r["name"] for r in records], data.split_seed, data.split_names)
     wanted = set(assignment[split])
     return [r for r in records if r["name"] in wanted]
 
 
-def check_splits_apart(data_cfg: Any, fitness_split: str, judged_split: str) -> None:
+def check_splits_apart(data: DataSettings | Any, fitness_split: str, judged_split: str) -> None:
     """Stops a run whose fitness documents would also be the documents it is judged on."""
     if fitness_split == judged_split:
         raise ConfigError(f"data.search_split and data.held_out_split are both {fitness_split!r}: the verdict would "
                           f"judge the search on the text it was fitted to; give them different splits")
-    if data_cfg.source == "tfds":
+    if DataSettings.parse(data).source == "tfds":
         return  # TFDS splits are disjoint by construction
-    names = [{r["name"] for r in text_source(data_cfg, split)} for split in (fitness_split, judged_split)]
+    names = [{r["name"] for r in text_source(data, split)} for split in (fitness_split, judged_split)]
     if names[0] & names[1]:
         raise ConfigError(f"documents {sorted(names[0] & names[1])[:4]} are in both the {fitness_split!r} and the "
                           f"{judged_split!r} split; list each document in one split only (data.split_names)")

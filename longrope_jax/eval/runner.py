@@ -17,34 +17,32 @@ from typing import Any
 from longrope_jax.eval import methods as rope_methods
 from longrope_jax.eval.tasks import RESULTS, TaskRun, eval_tasks
 from longrope_jax.resume import JobState, normalised
-from longrope_jax.loading import load_from_config
+from longrope_jax.data.settings import DataSettings
+from longrope_jax.eval.settings import EvalSettings
+from longrope_jax.loading import ModelSection, load_from_config
 from longrope_jax.settings import model_record
 
 
-def _fingerprint(config: Any) -> dict:
+def _fingerprint(model: ModelSection, data: DataSettings, evaluation: EvalSettings) -> dict:
     """What must not change between a run and its resumption."""
-    recorded = model_record(config)  # param_dtype only once it is not the default
-    return normalised({"model": config.model.path, "dtype": config.model.dtype,
+    recorded = model_record(model)  # param_dtype only once it is not the default
+    return normalised({"model": model.path, "dtype": model.dtype,
                        **{k: recorded[k] for k in ("param_dtype",) if k in recorded},
-                       "data": config.data.to_dict(), "split": config.eval.split,
-                       "documents": config.eval.documents, "factors": config.eval.factors})
+                       "data": data.to_dict(), "split": evaluation.split,
+                       "documents": evaluation.documents, "factors": evaluation.factors})
 
 
-def _job(workdir: Path, config: Any) -> JobState:
-    return JobState(workdir / RESULTS, _fingerprint(config), what="a different model/data/factors config",
-                    fix="use a new --workdir or delete the old results")
-
-
-def _load_results(workdir: Path, config: Any) -> dict:
+def _load_results(workdir: Path, fingerprint: dict, factors: str) -> dict:
+    job = JobState(workdir / RESULTS, fingerprint, what="a different model/data/factors config",
+                   fix="use a new --workdir or delete the old results")
     # Results written before the fingerprint held the compute dtype name it in their model record (else float32).
-    results = _job(workdir, config).load(
-        lambda: {"perplexity": {}, "nll": {}, "passkey": {},
-                 "factor_values": _factor_values_digest(config.eval.factors)},
+    results = job.load(
+        lambda: {"perplexity": {}, "nll": {}, "passkey": {}, "factor_values": _factor_values_digest(factors)},
         lambda stored: {"dtype": stored.get("model", {}).get("dtype", "float32"), **stored.get("fingerprint", {})})
-    digest = _factor_values_digest(config.eval.factors)
+    digest = _factor_values_digest(factors)
     if results.get("factor_values", digest) != digest:
         # Same path, new contents: the file was overwritten (a newer search). Results of the other methods stand.
-        print(f"note: {config.eval.factors} changed since {workdir / RESULTS} was written; its longrope results "
+        print(f"note: {factors} changed since {workdir / RESULTS} was written; its longrope results "
               f"are recomputed", file=sys.stderr)
         for section in (name for task in eval_tasks() for name in task.result_sections):
             for by_method in ([results.get(section, {})] if section != "nll" else
@@ -65,17 +63,23 @@ def _factor_values_digest(path: str) -> str | None:
 
 
 def run_evaluation(config: Any, workdir: str | Path) -> dict:
-    """Runs every enabled evaluation task (config.eval) on the held-out documents; returns the results."""
+    """Runs every enabled evaluation task (config.eval) on the held-out documents; returns the results.
+
+    config: the `JobSettings` a CLI parsed (`parse_job`), or any config with model, data and eval sections,
+    parsed here; the tasks are handed the typed sections.
+    """
+    model_section, data = ModelSection.parse(config.model), DataSettings.parse(config.data)
+    evaluation = EvalSettings.parse(config.eval)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    results = _load_results(workdir, config)
-    model, cfg, tokenizer = load_from_config(config.model)
-    run = TaskRun(config.eval, config.data, model, cfg, tokenizer, workdir, results)
-    tasks = [task for task in eval_tasks() if task.enabled(config.eval)]
+    results = _load_results(workdir, _fingerprint(model_section, data, evaluation), evaluation.factors)
+    model, cfg, tokenizer = load_from_config(model_section)
+    run = TaskRun(evaluation, data, model, cfg, tokenizer, workdir, results)
+    tasks = [task for task in eval_tasks() if task.enabled(evaluation)]
     # Every input is checked up front, so a bad length or factor file fails before hours of compute.
     for task in tasks:
         task.check(run)
-    results["model"] = model_record(config)
+    results["model"] = model_record(model_section)
     for task in tasks:
         task.run(run)
         run.save()

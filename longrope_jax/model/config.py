@@ -20,6 +20,8 @@ QKV_BIAS_ARCHITECTURES = ("qwen2",)
 # record, or its fields in a flat `config.model` section (and in records stored before `Execution` existed).
 SPEED_ONLY_MODEL_KEYS = ("execution",) + EXECUTION_FIELDS
 
+DTYPES = ("float32", "bfloat16", "float16")
+
 
 def without_speed_settings(record: Mapping[str, Any]) -> dict[str, Any]:
     """A model record (config.model section or `config_to_dict`) without its execution settings."""
@@ -70,7 +72,7 @@ class ModelConfig:
         if not isinstance(self.execution, Execution):
             raise ConfigError(f"ModelConfig.execution must be an Execution, not {type(self.execution).__name__}")
         for name in ("dtype", "param_dtype"):
-            if getattr(self, name) not in ("float32", "bfloat16", "float16"):
+            if getattr(self, name) not in DTYPES:
                 raise ConfigError(f"{name}={getattr(self, name)!r}: use float32, bfloat16 or float16")
         if self.rope.head_dim != self.head_dim:
             raise ConfigError(f"rope head_dim {self.rope.head_dim} != model head_dim {self.head_dim}")

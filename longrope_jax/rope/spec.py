@@ -146,7 +146,7 @@ class RopeSpec:
             raise ValueError(f"rope_type {self.rope_type!r} requires 'original_max_position_embeddings' "
                              f"(the pre-training context length)")
         if self.n_hat and "n_hat" not in kind.hf_keys:
-            raise ValueError(f"rope field 'n_hat' is only meaningful for rope_type 'longrope'; set it to 0")
+            raise ValueError("rope field 'n_hat' is only meaningful for rope_type 'longrope'; set it to 0")
         kind.validate(self)
 
     # ------------------------------------------------------------------ Hugging Face round trip
@@ -218,7 +218,7 @@ def from_hf_config(config: Mapping[str, Any], require_monotone: bool = True) -> 
         original = _first(config, "original_max_position_embeddings",
                           default=_first(block, "original_max_position_embeddings", default=max_pos))
     if block.get("n_hat") and "n_hat" not in kind.hf_keys:
-        raise ValueError(f"'n_hat' in rope_scaling requires rope_type 'longrope'")
+        raise ValueError("'n_hat' in rope_scaling requires rope_type 'longrope'")
     fields: dict[str, Any] = dict(
         rope_type=kind.name,
         head_dim=int(head_dim),

@@ -19,25 +19,32 @@ from longrope_jax.data.documents import random_windows
 from longrope_jax.data.sources import check_splits_apart, load_token_documents, text_source
 from longrope_jax.eval import methods as rope_methods
 from longrope_jax.eval.perplexity import PerplexityEvaluator, perplexity_table, spec_ropes
+from longrope_jax.errors import ConfigError
 from longrope_jax.io import write_json_atomic
+from longrope_jax.job_settings import JobSettings, parse_job
 from longrope_jax.loading import load_from_config
 from longrope_jax.rope import RopeSpec, longrope_spec
 from longrope_jax.rope.registry import classic_methods
 from longrope_jax.search.job import run_search, scaled_budget
+from longrope_jax.search.settings import BenchSettings
 
 CLASSIC_METHODS = ("none", *classic_methods())
 COPIED_OUTPUTS = ("rope_scaling.json", "factors.json", "factors.png", "fitness.png")
 
 
-def bench_search_config(config: Any, ratio: int, workdir: Path) -> Any:
-    """config with the search aimed at ratio × the model's native length, with a cache of its own in workdir
-    and no built-in verdict (the bench's held-out table replaces it)."""
-    out = config.copy_and_resolve_references()
-    with out.unlocked():
-        out.search.target_length = int(ratio) * int(config.bench.native_length)
-        out.search.cache = str(workdir / "fitness.sqlite")
-        out.search.verdict_documents = 0
-    return out
+def bench_search_config(config: Any, ratio: int, workdir: Path) -> JobSettings:
+    """The settings with the search aimed at ratio × the model's native length, with a cache of its own in
+    workdir and no built-in verdict (the bench's held-out table replaces it)."""
+    job = parse_job(config)
+    return job.replace(search=job.search.replace(target_length=int(ratio) * int(bench_settings(job).native_length),
+                                                 cache=str(workdir / "fitness.sqlite"), verdict_documents=0))
+
+
+def bench_settings(job: JobSettings) -> BenchSettings:
+    if job.bench is None:
+        raise ConfigError("this config has no bench section (native_length, held_out_windows, held_out_seed); use "
+                          "--config configs/mini.py:bench")
+    return job.bench
 
 
 def held_out_table(model, cfg, tokens: np.ndarray, target: int, factors_path: Path, seeds: dict[str, dict],
@@ -54,16 +61,17 @@ def held_out_table(model, cfg, tokens: np.ndarray, target: int, factors_path: Pa
 def run_bench(config: Any, ratio: int, workdir: str | Path, results_dir: str | Path, log=print) -> dict:
     """Searches at ratio × native length (resumable in workdir), judges on held-out windows, writes results_dir."""
     workdir, results_dir = Path(workdir), Path(results_dir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    check_splits_apart(config.data, config.data.search_split, config.data.held_out_split)
     search_config = bench_search_config(config, ratio, workdir)
-    bundle = load_from_config(config.model)
+    data, bench = search_config.data, bench_settings(search_config)
+    workdir.mkdir(parents=True, exist_ok=True)
+    check_splits_apart(data, data.search_split, data.held_out_split)
+    bundle = load_from_config(search_config.model)
     model, cfg, tokenizer = bundle
     target = int(search_config.search.target_length)
     summary = run_search(search_config, workdir, model_bundle=bundle)
-    held_docs = load_token_documents(text_source(config.data, config.data.held_out_split), tokenizer)
-    tokens, where = random_windows(held_docs, target, int(config.bench.held_out_windows),
-                                   int(config.bench.held_out_seed), bool(config.data.add_bos), cfg.bos_token_id)
+    held_docs = load_token_documents(text_source(data, data.held_out_split), tokenizer)
+    tokens, where = random_windows(held_docs, target, int(bench.held_out_windows), int(bench.held_out_seed),
+                                   bool(data.add_bos), cfg.bos_token_id)
     table = held_out_table(model, cfg, tokens, target, workdir / "rope_scaling.json", summary["seeds"],
                            summary["attention_factor"])
     best_seed = min(summary["seeds"], key=lambda n: summary["seeds"][n]["search_perplexity"])
@@ -108,16 +116,18 @@ def closed_form_table(config: Any, ratios: list[int], results_dir: str | Path, l
     from longrope_jax.eval import plots
 
     results_dir = Path(results_dir)
-    model, cfg, tokenizer = load_from_config(config.model)
-    native = int(config.bench.native_length)
-    held_docs = load_token_documents(text_source(config.data, config.data.held_out_split), tokenizer)
+    job = parse_job(config)
+    data, bench = job.data, bench_settings(job)
+    model, cfg, tokenizer = load_from_config(job.model)
+    native = int(bench.native_length)
+    held_docs = load_token_documents(text_source(data, data.held_out_split), tokenizer)
     evaluator = PerplexityEvaluator(model)
     table: dict[str, dict[str, float]] = {m: {} for m in CLASSIC_METHODS}
     seconds: dict[str, float] = {}
     for ratio in ratios:
         length = int(ratio) * native
-        tokens, _ = random_windows(held_docs, length, int(config.bench.held_out_windows),
-                                   int(config.bench.held_out_seed), bool(config.data.add_bos), cfg.bos_token_id)
+        tokens, _ = random_windows(held_docs, length, int(bench.held_out_windows), int(bench.held_out_seed),
+                                   bool(data.add_bos), cfg.bos_token_id)
         specs = {m: rope_methods.method_spec(cfg.rope, m, length) for m in CLASSIC_METHODS}
         first = [specs["none"]]
         evaluator.perplexity(tokens[:1], first)  # compile outside the timing
@@ -128,12 +138,12 @@ def closed_form_table(config: Any, ratios: list[int], results_dir: str | Path, l
             table[method][str(length)] = ppl
         log(f"{length} tokens ({ratio}x): " + ", ".join(f"{m} {table[m][str(length)]:.2f}" for m in CLASSIC_METHODS))
     results_dir.mkdir(parents=True, exist_ok=True)
-    out = {"native_length": native, "ratios": [int(r) for r in ratios], "windows": int(config.bench.held_out_windows),
-           "held_out": config.data.held_out_split, "perplexity": table, "seconds_per_evaluation": seconds}
+    out = {"native_length": native, "ratios": [int(r) for r in ratios], "windows": int(bench.held_out_windows),
+           "held_out": data.held_out_split, "perplexity": table, "seconds_per_evaluation": seconds}
     write_json_atomic(results_dir / "summary.json", out)
     plots.plot_perplexity_vs_length({m: {int(k): v for k, v in by.items()} for m, by in table.items()},
                                     results_dir / "perplexity_vs_length.png", native,
-                                    title=f"Fixture model on held-out windows ({config.data.held_out_split})")
+                                    title=f"Fixture model on held-out windows ({data.held_out_split})")
     return out
 
 

@@ -26,7 +26,8 @@ from longrope_jax.eval import plots
 from longrope_jax.eval.perplexity import perplexity_table
 from longrope_jax.settings import as_list
 from longrope_jax.io import write_json_atomic, write_text_atomic
-from longrope_jax.loading import load_from_config
+from longrope_jax.data.settings import DataSettings
+from longrope_jax.loading import ModelSection, load_from_config
 from longrope_jax.rope import RopeSpec, longrope_spec
 from longrope_jax.rope.factors import method_factors_table
 from longrope_jax.rope.registry import classic_methods
@@ -34,7 +35,7 @@ from longrope_jax.sharding import make_mesh
 from longrope_jax.search.fitness import (FITNESS_KEY_VERSION, FitnessCache, FitnessEvaluator, fingerprint,
                                          model_identity, perplexity_of)
 from longrope_jax.search.runner import best_candidate, run_generations
-from longrope_jax.search.settings import check_search_settings
+from longrope_jax.search.settings import SearchSettings
 from longrope_jax.search.space import space_from_config
 
 SEED_METHODS = ("pi", "ntk", "yarn")
@@ -138,26 +139,27 @@ class SearchTarget:
 def run_search(config: Any, workdir: str | Path, model_bundle=None, goal: SearchTarget | None = None) -> dict:
     """Searches LongRoPE factors for `goal` (default: the one config.search names); returns summary.json's content.
 
-    config: its model (unless `model_bundle` is given), data and search sections; the search section's target
-    fields are ignored when `goal` is given.
+    config: the `JobSettings` a CLI parsed (`parse_job`), or any config with model (unless `model_bundle` is
+    given), data and search sections, parsed here; the search section's target fields are ignored when `goal` is
+    given. Everything below takes the typed sections it uses.
     """
     from longrope_jax.rope import default_inv_freq
 
     workdir = Path(workdir)
-    goal = goal or SearchTarget.from_settings(config.search)
-    search_cfg = config.search.copy_and_resolve_references()
-    search_cfg.update(scaled_budget(config.search))
-    model, cfg, tokenizer = model_bundle or load_from_config(config.model)
+    search = SearchSettings.parse(config.search)  # checked before a model is read or the workdir touched
+    data, model_section = DataSettings.parse(config.data), ModelSection.parse(config.model)
+    goal = goal or SearchTarget.from_settings(search)
+    search_cfg = search.replace(**scaled_budget(search))
+    model, cfg, tokenizer = model_bundle or load_from_config(model_section)
     base = cfg.rope
     original = base.original_length
-    check_search_settings(config.search, original)
     goal.check(original)
     target = int(goal.length)
     mscale = _attention_scale(base, goal.scale_target or target)
     base_factors, base_length = _base_factors(goal, base)
     space = space_from_config(search_cfg, base.half_dim, max(target / base_length, 1.0), base.rotary_dim,
                               base.theta, original)
-    documents, loss_mask, used = _search_documents(config, search_cfg, cfg, tokenizer, target)
+    documents, loss_mask, used = _search_documents(data, search_cfg, cfg, tokenizer, target)
     seed_base = RopeSpec(head_dim=base.head_dim, theta=base.theta, partial_rotary_factor=base.partial_rotary_factor,
                          max_position_embeddings=base_length)
     seeds = list(seed_factors(seed_base, target, as_list(search_cfg.seed_methods),
@@ -165,7 +167,7 @@ def run_search(config: Any, workdir: str | Path, model_bundle=None, goal: Search
     if len(seeds) > int(search_cfg.population):
         raise ConfigError(f"{len(seeds)} seeds (search.seed_methods × search.seed_scales) do not fit in a population "
                           f"of {search_cfg.population}; raise search.population or use fewer seeds")
-    baselines, held_out = _verdict_inputs(config, search_cfg, goal, cfg, tokenizer, model_bundle)
+    baselines, held_out = _verdict_inputs(model_section, data, search_cfg, goal, cfg, tokenizer, model_bundle)
     # Everything a score depends on: the whole model (config incl. compute dtype, every parameter), the documents
     # and what counts in them, the target, the attention scale, the space's fixed parts and λ1 of a second stage.
     namespace = fingerprint(FITNESS_KEY_VERSION, model_identity(model), documents, target, round(mscale, 9),
@@ -177,19 +179,19 @@ def run_search(config: Any, workdir: str | Path, model_bundle=None, goal: Search
                                  int(search_cfg.batch_size), cache, bool(search_cfg.racing), loss_mask,
                                  search_mesh(search_cfg), base_factors=base_factors)
     state_fingerprint = {"version": FITNESS_KEY_VERSION, "namespace": namespace, "seed": int(search_cfg.seed),
-                         "budget": scaled_budget(config.search), "space": repr(space)}
+                         "budget": scaled_budget(search), "space": repr(space)}
     if search_cfg.get("strategy", "reference") != "reference" or search_cfg.get("max_evaluations"):
         state_fingerprint["strategy"] = strategy_settings(search_cfg)
     state = run_generations(evaluator, space, seeds, search_cfg, workdir, state_fingerprint)
     best, best_ppl = best_candidate(state)
     reference = list(seed_factors(seed_base, target).values())
-    summary = _write_outputs(config, workdir, cfg, best, best_ppl, state, mscale, target, reference, used,
+    summary = _write_outputs(search, workdir, cfg, best, best_ppl, state, mscale, target, reference, used,
                              base_factors)
     summary["seeds"] = _seed_fitness(evaluator, space, seed_factors(
         seed_base, target, as_list(search_cfg.seed_methods), as_list(search_cfg.seed_scales)), base_factors)
     write_json_atomic(workdir / "summary.json", summary)
     if goal.verdict_documents:
-        summary["verdict"] = _verdict(config, model, cfg, held_out, workdir / "rope_scaling.json", target,
+        summary["verdict"] = _verdict(search, model, cfg, held_out, workdir / "rope_scaling.json", target,
                                       baselines)
         write_json_atomic(workdir / "summary.json", summary)
     return summary
@@ -213,14 +215,14 @@ def _base_factors(goal: SearchTarget, base: RopeSpec) -> tuple[np.ndarray, int]:
     return np.asarray(factors, np.float64), int(goal.base_length or base.original_length)
 
 
-def _search_documents(config: Any, search_cfg: Any, cfg, tokenizer, target: int
+def _search_documents(data: DataSettings, search_cfg: SearchSettings, cfg, tokenizer, target: int
                       ) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
     """(tokens (D, target), loss mask or None, a name per document) that the fitness scores."""
-    add_bos = bool(config.data.add_bos)
+    add_bos = bool(data.add_bos)
     if search_cfg.fitness == "needle":
         # LongRoPE2's needle-driven perplexity: loss only on a magic number's answer tokens at the end.
         from longrope_jax.eval.needle_ppl import needle_documents
-        source = text_source(config.data, config.data.search_split)
+        source = text_source(data, data.search_split)
         texts = [source[i]["text"] for i in range(len(source))]
         batch = needle_documents(tokenizer, texts, target, int(search_cfg.documents), seed=int(search_cfg.seed),
                                  bos_id=cfg.bos_token_id if add_bos else None)
@@ -228,7 +230,7 @@ def _search_documents(config: Any, search_cfg: Any, cfg, tokenizer, target: int
                                                enumerate(batch.depths)]
     if search_cfg.fitness != "perplexity":
         raise ConfigError(f"unknown search.fitness {search_cfg.fitness!r}; use 'perplexity' or 'needle'")
-    search_docs = load_token_documents(text_source(config.data, config.data.search_split), tokenizer)
+    search_docs = load_token_documents(text_source(data, data.search_split), tokenizer)
     if search_cfg.windows:
         documents, where = random_windows(search_docs, target, int(search_cfg.documents), windows_seed(search_cfg),
                                           add_bos, cfg.bos_token_id)
@@ -237,7 +239,8 @@ def _search_documents(config: Any, search_cfg: Any, cfg, tokenizer, target: int
     return documents, None, used
 
 
-def _verdict_inputs(config: Any, search_cfg: Any, goal: SearchTarget, cfg, tokenizer, model_bundle
+def _verdict_inputs(model_section: ModelSection, data: DataSettings, search_cfg: SearchSettings,
+                    goal: SearchTarget, cfg, tokenizer, model_bundle
                     ) -> tuple[dict[str, float], tuple[np.ndarray, list[str]] | None]:
     """(baselines measured before, held-out tokens) for the verdict, checked before hours of search, not after."""
     if not goal.verdict_documents:
@@ -247,17 +250,18 @@ def _verdict_inputs(config: Any, search_cfg: Any, goal: SearchTarget, cfg, token
         if method in ("longrope", "phi3") or method not in rope_methods.METHODS:
             raise ConfigError(f"search.verdict_methods: {method!r} is not a baseline; use some of none, pi, ntk, "
                               f"dynamic, yarn (the searched factors are always compared)")
-    check_splits_apart(config.data, config.data.search_split, config.data.held_out_split)
-    held_out = _held_out(config, cfg, tokenizer, target, goal.verdict_documents)  # tokenised once
+    check_splits_apart(data, data.search_split, data.held_out_split)
+    held_out = held_out_documents(data, cfg, tokenizer, target, goal.verdict_documents)  # tokenised once
     if not search_cfg.verdict_results:
         return {}, held_out
     if model_bundle is not None:
         raise ConfigError("search.verdict_results cannot be used with a model handed in by the pipeline (its "
                           "baselines were measured on config.model); leave it empty")
-    return _measured_baselines(config, search_cfg.verdict_results, target, held_out[1]), held_out
+    return _measured_baselines(model_section, data, search_cfg.verdict_results, target, held_out[1]), held_out
 
 
-def _write_outputs(config, workdir, cfg, best, best_ppl, state, mscale, target, seeds, used, base_factors) -> dict:
+def _write_outputs(search: SearchSettings, workdir, cfg, best, best_ppl, state, mscale, target, seeds, used,
+                   base_factors) -> dict:
     factors = best.array * base_factors
     block = longrope_spec(cfg.rope, factors.tolist(), max_position_embeddings=target,
                           attention_factor=mscale, n_hat=best.n_hat).to_hf()
@@ -270,9 +274,9 @@ def _write_outputs(config, workdir, cfg, best, best_ppl, state, mscale, target, 
     history = state["history"]
     plots.plot_fitness(history, workdir / "fitness.png")
     summary = {"target_length": target, "original_length": cfg.rope.original_length,
-               "budget": scaled_budget(config.search), "space": config.search.space,
+               "budget": scaled_budget(search), "space": search.space,
                "search_documents": used, "best_perplexity": best_ppl, "best_n_hat": best.n_hat,
-               "export_target": config.search.get("export_target", "hf"),
+               "export_target": search.export_target,
                "attention_factor": mscale, "generations_done": state["generation"], "stats": state["stats"],
                "history": history}
     write_json_atomic(workdir / "summary.json", summary)
@@ -289,19 +293,18 @@ def _seed_fitness(evaluator: FitnessEvaluator, space, seeds: dict[str, np.ndarra
                    "long_factor": (c.array * base_factors).tolist()} for name, c in projected.items()}
 
 
-def _held_out(config, cfg, tokenizer, target: int, count: int | None = None) -> tuple[np.ndarray, list[str]]:
-    """The first `count` held-out documents (default: search.verdict_documents) at `target` tokens."""
-    count = int(config.search.verdict_documents) if count is None else count
-    docs = load_token_documents(text_source(config.data, config.data.held_out_split), tokenizer)
-    return first_documents(docs, target, count, bool(config.data.add_bos), cfg.bos_token_id)
+def held_out_documents(data: DataSettings, cfg, tokenizer, target: int, count: int) -> tuple[np.ndarray, list[str]]:
+    """The first `count` held-out documents at `target` tokens (BOS first where data.add_bos says so)."""
+    docs = load_token_documents(text_source(data, data.held_out_split), tokenizer)
+    return first_documents(docs, target, count, bool(data.add_bos), cfg.bos_token_id)
 
 
-def _verdict(config, model, cfg, held_out: tuple[np.ndarray, list[str]], factors_path: Path, target: int,
+def _verdict(search: SearchSettings, model, cfg, held_out: tuple[np.ndarray, list[str]], factors_path: Path, target: int,
              reused: dict[str, float]) -> dict:
     """Per-method perplexity on held-out documents the search never saw; `reused` holds baselines already
     measured by `experiments.evaluate` (`search.verdict_results`), which are not recomputed."""
     tokens, names = held_out
-    methods = [m for m in as_list(config.search.verdict_methods)] + ["longrope"]
+    methods = [m for m in as_list(search.verdict_methods)] + ["longrope"]
     todo = [m for m in methods if m == "longrope" or m not in reused]
     specs = rope_methods.with_served_spec(
         {m: rope_methods.method_spec(cfg.rope, m, target, factors_path) for m in todo}, "longrope",
@@ -314,10 +317,11 @@ def _verdict(config, model, cfg, held_out: tuple[np.ndarray, list[str]], factors
     return {"held_out_documents": names, "length": target, "perplexity": table,
             "best_method": min(finite, key=finite.get) if finite else None,
             "reused_from_evaluation": sorted(m for m in methods if m in reused and m != "longrope"),
-            "verdict_results": str(config.search.verdict_results or "")}
+            "verdict_results": str(search.verdict_results or "")}
 
 
-def _measured_baselines(config, results_path: str, target: int, names: list[str]) -> dict[str, float]:
+def _measured_baselines(model_section: ModelSection, data: DataSettings, results_path: str, target: int,
+                        names: list[str]) -> dict[str, float]:
     """{method: perplexity} from an `experiments.evaluate` results.json (or its workdir) made with the same model
     settings, data config and held-out documents at `target` (at 32k each baseline is minutes of CPU); a file
     that does not match is an error, never silently mixed in."""
@@ -334,8 +338,8 @@ def _measured_baselines(config, results_path: str, target: int, names: list[str]
     if not isinstance(results, dict) or "fingerprint" not in results:
         raise ConfigError(f"search.verdict_results: {path} is not an experiments.evaluate results.json; {hint}")
     measured = results["fingerprint"]
-    expected = {"model": config.model.path, "data": json.loads(json.dumps(config.data.to_dict())),
-                "split": config.data.held_out_split}
+    expected = {"model": model_section.path, "data": json.loads(json.dumps(data.to_dict())),
+                "split": data.held_out_split}
     for field, value in expected.items():
         if measured.get(field) != value:
             if isinstance(value, dict):
@@ -349,7 +353,7 @@ def _measured_baselines(config, results_path: str, target: int, names: list[str]
     if "model" not in results:  # written before results recorded the model settings: only its path was checked
         print(f"warning: {path} does not record the model settings; reusing it on the model path alone",
               file=sys.stderr)
-    elif without_speed_settings(results["model"]) != model_record(config):  # older files recorded some
+    elif without_speed_settings(results["model"]) != model_record(model_section):  # older files recorded some
         raise ConfigError(f"search.verdict_results: {path} was measured with different model settings (e.g. "
                           f"dtype); use matching results or leave it empty")
     available = results.get("documents", {}).get(str(target))

@@ -19,27 +19,36 @@ from longrope_jax.loading import load_from_config
 from longrope_jax.model.config import ModelConfig
 from longrope_jax.model.state import flatten
 from longrope_jax.rope import RopeSpec
-from longrope_jax.settings import check_ranges
+from longrope_jax.data.settings import DataSettings
+from longrope_jax.loading import ModelSection
 from longrope_jax.train import data as train_data
+from longrope_jax.train.settings import FINETUNE_RANGES, FinetuneSettings
 from longrope_jax.train.trainer import Trainer, check_memory, read_metrics
 
+__all__ = ["FINETUNE_RANGES", "long_rope_spec", "run_finetune"]
 
-def long_rope_spec(model_cfg: ModelConfig, finetune_cfg: Any) -> RopeSpec:
+
+def long_rope_spec(model_cfg: ModelConfig, finetune: FinetuneSettings) -> RopeSpec:
     """The rescaled RoPE of long batches: finetune.factors (a rope_scaling.json) or a method at seq_len."""
-    method = "longrope" if finetune_cfg.factors else finetune_cfg.rope_method
-    target = int(finetune_cfg.target_length or finetune_cfg.seq_len)
-    return rope_methods.method_spec(model_cfg.rope, method, target, finetune_cfg.factors or None)
+    method = "longrope" if finetune.factors else finetune.rope_method
+    target = int(finetune.target_length or finetune.seq_len)
+    return rope_methods.method_spec(model_cfg.rope, method, target, finetune.factors or None)
 
 
 def run_finetune(config: Any, workdir: str | Path, model_bundle=None) -> dict:
-    check_ranges(config.finetune, "finetune", FINETUNE_RANGES)  # before anything is written
+    """Fine-tunes the model with its long factors on the train split; returns summary.json's content.
+
+    config: the `JobSettings` a CLI parsed (`parse_job`), or any config with model (unless `model_bundle` is
+    given), data and finetune sections, parsed here; everything below takes the typed sections.
+    """
+    ft = FinetuneSettings.parse(config.finetune)  # checked before anything is written
+    data = DataSettings.parse(config.data)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    ft = config.finetune
-    model, cfg, tokenizer = model_bundle or load_from_config(config.model)
+    model, cfg, tokenizer = model_bundle or load_from_config(ModelSection.parse(config.model))
     check_memory(cfg, int(ft.seq_len), int(ft.batch_size))
     long_spec = long_rope_spec(cfg, ft)
-    docs = load_token_documents(text_source(config.data, config.data.train_split), tokenizer)
+    docs = load_token_documents(text_source(data, data.train_split), tokenizer)
     separator = cfg.eos_token_id if cfg.eos_token_id is not None else cfg.bos_token_id
     stream = train_data.token_stream(docs, separator)
     iterators = {"long": train_data.batch_iterator(stream, int(ft.seq_len), int(ft.batch_size), int(ft.seed)),
@@ -59,14 +68,3 @@ def run_finetune(config: Any, workdir: str | Path, model_bundle=None) -> dict:
     if is_primary():
         write_json_atomic(workdir / "summary.json", summary)
     return summary
-
-
-FINETUNE_RANGES: dict[str, tuple[type, float, float | None, str]] = {
-    "steps": (int, 1, None, "40"), "seq_len": (int, 2, None, "16384"), "short_seq_len": (int, 2, None, "8192"),
-    "batch_size": (int, 1, None, "1"), "grad_accum": (int, 1, None, "1"),
-    "learning_rate": (float, 1e-12, None, "2e-5"), "warmup_steps": (int, 0, None, "4"),
-    "final_lr_fraction": (float, 0.0, 1.0, "0.1"), "weight_decay": (float, 0.0, None, "0.0"),
-    "grad_clip": (float, 1e-12, None, "1.0"), "long_ratio": (float, 0.0, 1.0, "1.0 (every batch long)"),
-    "checkpoint_every": (int, 1, None, "10"), "keep_checkpoints": (int, 1, None, "2"),
-    "stop_after": (int, 0, None, "0 (run to the end)"),
-}

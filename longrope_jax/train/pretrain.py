@@ -23,14 +23,15 @@ from longrope_jax.model.config import ModelConfig
 from longrope_jax.model.loss import sequence_nll
 from longrope_jax.model.state import flatten, merge_params
 from longrope_jax.rope import RopeSpec
+from longrope_jax.train.settings import FinetuneSettings, FixtureSettings, PretrainSettings
 
 SPECIAL_TOKEN = "<|endoftext|>"  # id 0: BOS, EOS and document separator alike
 
 
-def fixture_model_config(fixture: Mapping[str, Any], **execution: Any) -> ModelConfig:
+def fixture_model_config(fixture: FixtureSettings | Mapping[str, Any], **execution: Any) -> ModelConfig:
     """The fixture's Llama (GQA, RMSNorm, SwiGLU, rotate-half RoPE) from the config's `fixture` section: the
     ModelConfig shape fields plus rope_theta and native_length; token 0 is BOS, EOS and separator."""
-    fields = dict(fixture)
+    fields = FixtureSettings.parse(fixture).to_dict()
     theta, native = float(fields.pop("rope_theta")), int(fields.pop("native_length"))
     rope = RopeSpec(head_dim=int(fields["head_dim"]), theta=theta, max_position_embeddings=native)
     return ModelConfig(architecture="llama", rope=rope, bos_token_id=0, eos_token_id=0, **fields).replace(**execution)
@@ -107,11 +108,9 @@ def export_fixture(cfg: ModelConfig, params: Mapping[str, Any], tokenizer: Token
 
 
 
-def _trainer_settings(section: Any, seq_len: int) -> Any:
+def _trainer_settings(section: PretrainSettings, seq_len: int) -> FinetuneSettings:
     """The Trainer's settings for plain-RoPE pre-training at the native length (every batch a 'long' one)."""
-    import ml_collections
-
-    return ml_collections.ConfigDict(dict(
+    return FinetuneSettings(**dict(
         steps=int(section.steps), seq_len=seq_len, short_seq_len=seq_len, target_length=0,
         batch_size=int(section.batch_size), grad_accum=1, learning_rate=float(section.learning_rate),
         warmup_steps=int(section.warmup_steps), final_lr_fraction=float(section.final_lr_fraction),
@@ -120,7 +119,7 @@ def _trainer_settings(section: Any, seq_len: int) -> Any:
         stop_after=int(section.eval_every)))
 
 
-def run_pretrain(cfg: ModelConfig, section: Any, train_texts: Mapping[str, str],
+def run_pretrain(cfg: ModelConfig, section: PretrainSettings | Any, train_texts: Mapping[str, str],
                  held_out_texts: Mapping[str, str], workdir: str | Path, export_path: str | Path,
                  log=print) -> dict:
     """Trains the fixture model in `workdir` (resumable: rerun to continue) and exports the best checkpoint.
@@ -129,6 +128,8 @@ def run_pretrain(cfg: ModelConfig, section: Any, train_texts: Mapping[str, str],
     patience (evaluations without a new best before stopping), validation_fraction, validation_windows.
     """
     import time
+
+    section = PretrainSettings.parse(section)
 
     from longrope_jax import checkpoint
     from longrope_jax.data.documents import tokenize_texts
@@ -195,7 +196,7 @@ def run_pretrain(cfg: ModelConfig, section: Any, train_texts: Mapping[str, str],
                "held_out_documents": sorted(held_out_texts), "train_tokens": int(len(stream)),
                "best_step": best["step"], "validation_ppl": math.exp(best["validation_nll"]),
                "held_out_ppl": math.exp(best["held_out_nll"]), "steps_run": trainer.step,
-               "settings": {k: section[k] for k in sorted(section.keys())}, "history": history}
+               "settings": dict(sorted(section.to_dict().items())), "history": history}
     export_fixture(cfg, params, tokenizer, Path(export_path), summary)
     write_json_atomic(workdir / "summary.json", summary)
     log(f"best step {best['step']}: validation ppl {summary['validation_ppl']:.2f}, held-out ppl "

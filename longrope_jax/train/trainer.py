@@ -33,11 +33,12 @@ from longrope_jax.model.state import merge_params, split_params, unflatten
 from longrope_jax.rope import RopeInputs, RopeSpec, rope_inputs
 from longrope_jax.sharding import make_mesh, mesh_sizes, param_shardings
 from longrope_jax.train import data as train_data
+from longrope_jax.train.settings import FinetuneSettings
 
 REFERENCE_ATTENTION_BYTES = 2 << 30  # beyond this an L×L score matrix is an OOM waiting to happen
 
 
-def make_optimizer(cfg: Any) -> optax.GradientTransformation:
+def make_optimizer(cfg: FinetuneSettings) -> optax.GradientTransformation:
     """AdamW with warmup + cosine decay and clipping, for the finetune config section.
 
     steps and warmup_steps count batches; with grad_accum = k the optimizer updates once per k batches
@@ -66,8 +67,9 @@ def check_memory(model_cfg: ModelConfig, seq_len: int, batch: int) -> None:
 class Trainer:
     """Owns the mesh, the compiled steps and the checkpoint manager of one fine-tuning run."""
 
-    def __init__(self, model, model_cfg: ModelConfig, train_cfg: Any, workdir: str | Path, long_spec: RopeSpec,
-                 context_impl: str | None = None):
+    def __init__(self, model, model_cfg: ModelConfig, train_cfg: FinetuneSettings | Any, workdir: str | Path,
+                 long_spec: RopeSpec, context_impl: str | None = None):
+        train_cfg = FinetuneSettings.parse(train_cfg)
         # Absolute: Orbax refuses relative checkpoint paths (`--workdir runs/x` is what users type).
         self.cfg, self.model_cfg, self.workdir = train_cfg, model_cfg, Path(workdir).absolute()
         if int(train_cfg.checkpoint_every) < 1:

@@ -15,7 +15,9 @@ import pkgutil
 from pathlib import Path
 from typing import Any, ClassVar
 
+from longrope_jax.data.settings import DataSettings
 from longrope_jax.eval import methods as rope_methods
+from longrope_jax.eval.settings import EvalSettings
 from longrope_jax.io import write_json_atomic
 from longrope_jax.rope import RopeSpec
 
@@ -26,8 +28,8 @@ RESULTS = "results.json"
 class TaskRun:
     """What a task is handed: the model, the settings it may read and the results it adds to."""
 
-    eval_cfg: Any
-    data_cfg: Any
+    eval_cfg: EvalSettings
+    data_cfg: DataSettings
     model: Any
     cfg: Any
     tokenizer: Any
@@ -53,7 +55,7 @@ class EvalTask:
     order: ClassVar[int] = 100
     result_sections: ClassVar[tuple[str, ...]] = ()
 
-    def enabled(self, eval_cfg: Any) -> bool:
+    def enabled(self, eval_cfg: EvalSettings) -> bool:
         raise NotImplementedError
 
     def check(self, run: TaskRun) -> None:

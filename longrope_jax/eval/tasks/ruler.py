@@ -30,7 +30,15 @@ class RulerTask(EvalTask):
 
         eval_cfg = run.eval_cfg
         cells = len(ruler_methods(eval_cfg)) * len(as_list(eval_cfg.ruler_tasks)) * len(as_list(eval_cfg.ruler_lengths))
-        with tqdm(total=cells * int(eval_cfg.ruler_samples), desc="ruler", unit="sample") as bar:
+        samples = int(eval_cfg.ruler_samples)
+        previous = run.results.get("ruler_settings", {})
+        same_prompts = (previous.get("template"), previous.get("seed")) == (eval_cfg.ruler_template,
+                                                                            int(eval_cfg.ruler_seed))
+        records = run.results.get("ruler_records", {}) if same_prompts else {}
+        done = sum(min(len(records.get(m, {}).get(t, {}).get(str(n), [])), samples) for m in ruler_methods(eval_cfg)
+                   for t in as_list(eval_cfg.ruler_tasks) for n in as_list(eval_cfg.ruler_lengths))
+        # A resumed run's bar starts at the samples already decoded (they are reused, not decoded again).
+        with tqdm(total=cells * samples, initial=done, desc="ruler", unit="sample") as bar:
             run_ruler(eval_cfg, run.add_bos, run.results, run.save, run.model, run.tokenizer, run.spec, bar.update)
 
     def plot(self, run: TaskRun) -> None:
