@@ -29,12 +29,7 @@ def as_list(value: Any) -> list:
 def model_record(model_section: Any) -> dict:
     """The model settings that change values (path, dtype, ...; not the speed-only ones), stored beside results so
     others can tell whether they were measured on the same model (`search.verdict_results`). param_dtype is
-    recorded once it is not the default float32, so records written before it could be set still match.
-
-    model_section: the `model` section (or, for older callers, a config holding one).
-    """
-    if not hasattr(model_section, "path") and "model" in model_section:
-        model_section = model_section["model"]
+    recorded once it is not the default float32, so records written before it could be set still match."""
     record = without_speed_settings(normalised(model_section.to_dict()))
     if record.get("param_dtype") == "float32":
         record.pop("param_dtype")
@@ -112,11 +107,6 @@ class Section:
 
     def check(self) -> None:
         """Cross-field rules of the section; raises ConfigError."""
-
-    @classmethod
-    def defaults(cls) -> dict[str, Any]:
-        """The default values, as `configs/common.py` puts them in its ConfigDict."""
-        return cls().to_dict()
 
     def get(self, name: str, default: Any = None) -> Any:
         return getattr(self, name, default) if name in self else default

@@ -214,3 +214,22 @@ def test_a_new_evaluation_task_plugs_in_without_editing_the_runner(tmp_path):
         assert not (tmp_path / "eval2" / "results.json").exists()
     finally:
         del tasks._TASKS["count_tokens_test"]
+
+
+def test_a_resumed_run_counts_the_samples_it_reuses_and_none_of_another_seed():
+    """The progress of a resumed RULER run starts at the decoded samples it will reuse: capped at the sample
+    count, and zero once the seed (so every prompt) changed."""
+    from types import SimpleNamespace
+
+    from longrope_jax.eval.ruler_eval import decoded_samples
+
+    cfg = SimpleNamespace(ruler_samples=2, ruler_template="none", ruler_seed=42, ruler_tasks=("vt", "cwe"),
+                          ruler_lengths=(256,), ruler_methods=("none",), passkey_methods=())
+    cfg.get = lambda name, default=None: getattr(cfg, name, default)
+    settings = {"samples": 3, "template": "none", "seed": 42, "essay_haystack": "austen (train split)"}
+    results = {"ruler": {"none": {"vt": {"256": 50.0}}}, "ruler_settings": settings,
+               "ruler_records": {"none": {"vt": {"256": [{}, {}, {}]}, "cwe": {"256": [{}]}}}}
+    assert decoded_samples(cfg, results) == 3  # vt: 3 decoded, 2 wanted; cwe: 1
+    assert results["ruler"] == {}  # scores of 3 samples are stale at 2
+    cfg.ruler_seed = 7
+    assert decoded_samples(cfg, results) == 0 and results["ruler_records"] == {}

@@ -81,9 +81,9 @@ def test_param_dtype_is_a_model_setting_the_loader_applies():
     assert cfg.param_dtype == "bfloat16" and model.embed_tokens[...].dtype == jnp.bfloat16
     from longrope_jax.eval.runner import _fingerprint
     from longrope_jax.settings import model_record
-    assert _fingerprint(config.model, config.data, config.eval)["param_dtype"] == "bfloat16" and model_record(config)["param_dtype"] == "bfloat16"
+    assert _fingerprint(config.model, config.data, config.eval)["param_dtype"] == "bfloat16" and model_record(config.model)["param_dtype"] == "bfloat16"
     config.model.param_dtype = "float32"  # the default is not recorded, so older results still match
-    assert "param_dtype" not in _fingerprint(config.model, config.data, config.eval) and "param_dtype" not in model_record(config)
+    assert "param_dtype" not in _fingerprint(config.model, config.data, config.eval) and "param_dtype" not in model_record(config.model)
 
 
 def test_job_state_resumes_what_it_saved_and_refuses_other_settings(tmp_path):

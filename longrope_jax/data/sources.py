@@ -160,7 +160,8 @@ def check_splits_apart(data: DataSettings | Any, fitness_split: str, judged_spli
     if fitness_split == judged_split:
         raise ConfigError(f"data.search_split and data.held_out_split are both {fitness_split!r}: the verdict would "
                           f"judge the search on the text it was fitted to; give them different splits")
-    if DataSettings.parse(data).source == "tfds":
+    data = DataSettings.parse(data)
+    if data.source == "tfds":
         return  # TFDS splits are disjoint by construction
     names = [{r["name"] for r in text_source(data, split)} for split in (fitness_split, judged_split)]
     if names[0] & names[1]:

@@ -70,16 +70,8 @@ def run_ruler(eval_cfg: Any, add_bos: bool, results: dict, save: Callable[[], No
     from longrope_jax.settings import as_list
 
     methods = ruler_methods(eval_cfg)
-    table = results.setdefault("ruler", {})
-    store = results.setdefault("ruler_records", {})
-    settings = {"samples": int(eval_cfg.ruler_samples), "template": eval_cfg.ruler_template,
-                "seed": int(eval_cfg.ruler_seed), "essay_haystack": "austen (train split)"}
-    previous = results.get("ruler_settings", settings)
-    if previous != settings:  # scores of another sample count are stale; decoded samples stay valid per seed
-        table.clear()
-        if (previous.get("template"), previous.get("seed")) != (settings["template"], settings["seed"]):
-            store.clear()
-    results["ruler_settings"] = settings
+    _drop_stale(eval_cfg, results)
+    table, store = results["ruler"], results["ruler_records"]
     for m in methods:
         for task in as_list(eval_cfg.ruler_tasks):
             for length in (int(n) for n in as_list(eval_cfg.ruler_lengths)):
@@ -98,6 +90,31 @@ def run_ruler(eval_cfg: Any, add_bos: bool, results: dict, save: Callable[[], No
                                        add_bos, list(saved), on_sample)
                 table.setdefault(m, {}).setdefault(task, {})[str(length)] = outcome["score"]
                 save()
+
+
+def _drop_stale(eval_cfg: Any, results: dict) -> None:
+    """Forgets what the current settings make stale: scores of another sample count; decoded samples of another
+    template or seed (samples of the same ones stay valid whatever the count)."""
+    table = results.setdefault("ruler", {})
+    store = results.setdefault("ruler_records", {})
+    settings = {"samples": int(eval_cfg.ruler_samples), "template": eval_cfg.ruler_template,
+                "seed": int(eval_cfg.ruler_seed), "essay_haystack": "austen (train split)"}
+    previous = results.get("ruler_settings", settings)
+    if previous != settings:
+        table.clear()
+        if (previous.get("template"), previous.get("seed")) != (settings["template"], settings["seed"]):
+            store.clear()
+    results["ruler_settings"] = settings
+
+
+def decoded_samples(eval_cfg: Any, results: dict) -> int:
+    """How many of the configured samples are already decoded and will be reused (a resumed run's progress)."""
+    from longrope_jax.settings import as_list
+
+    _drop_stale(eval_cfg, results)
+    samples, store = int(eval_cfg.ruler_samples), results["ruler_records"]
+    return sum(min(len(store.get(m, {}).get(t, {}).get(str(n), [])), samples) for m in ruler_methods(eval_cfg)
+               for t in as_list(eval_cfg.ruler_tasks) for n in as_list(eval_cfg.ruler_lengths))
 
 
 def check_ruler_settings(eval_cfg: Any) -> None:

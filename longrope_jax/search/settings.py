@@ -120,9 +120,3 @@ class BenchSettings(Section):
     native_length: int = 256
     held_out_windows: int = 8
     held_out_seed: int = 1234
-
-
-def check_search_settings(search: Any, original_length: int | None = None) -> SearchSettings:
-    """The typed search section; raises ConfigError naming the field, its value and a legal one for any
-    out-of-range or unknown search setting."""
-    return SearchSettings.parse(search)

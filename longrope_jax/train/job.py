@@ -10,17 +10,16 @@ from pathlib import Path
 from typing import Any
 
 from longrope_jax.checkpoint import save_model_dir
+from longrope_jax.data.settings import DataSettings
 from longrope_jax.data.sources import load_token_documents, text_source
 from longrope_jax.eval import methods as rope_methods
 from longrope_jax.eval import plots
 from longrope_jax.distributed import is_primary
 from longrope_jax.io import write_json_atomic
-from longrope_jax.loading import load_from_config
+from longrope_jax.loading import ModelSection, load_from_config
 from longrope_jax.model.config import ModelConfig
 from longrope_jax.model.state import flatten
 from longrope_jax.rope import RopeSpec
-from longrope_jax.data.settings import DataSettings
-from longrope_jax.loading import ModelSection
 from longrope_jax.train import data as train_data
 from longrope_jax.train.settings import FINETUNE_RANGES, FinetuneSettings
 from longrope_jax.train.trainer import Trainer, check_memory, read_metrics

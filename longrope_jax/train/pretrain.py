@@ -110,13 +110,13 @@ def export_fixture(cfg: ModelConfig, params: Mapping[str, Any], tokenizer: Token
 
 def _trainer_settings(section: PretrainSettings, seq_len: int) -> FinetuneSettings:
     """The Trainer's settings for plain-RoPE pre-training at the native length (every batch a 'long' one)."""
-    return FinetuneSettings(**dict(
+    return FinetuneSettings(
         steps=int(section.steps), seq_len=seq_len, short_seq_len=seq_len, target_length=0,
         batch_size=int(section.batch_size), grad_accum=1, learning_rate=float(section.learning_rate),
         warmup_steps=int(section.warmup_steps), final_lr_fraction=float(section.final_lr_fraction),
         weight_decay=float(section.weight_decay), grad_clip=1.0, long_ratio=1.0, seed=int(section.seed),
         mesh=(1, 1, 1, 1), checkpoint_every=int(section.eval_every), keep_checkpoints=2, async_checkpoints=False,
-        stop_after=int(section.eval_every)))
+        stop_after=int(section.eval_every))
 
 
 def run_pretrain(cfg: ModelConfig, section: PretrainSettings | Any, train_texts: Mapping[str, str],

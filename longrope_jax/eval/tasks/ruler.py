@@ -26,18 +26,12 @@ class RulerTask(EvalTask):
                                 "ruler_methods")
 
     def run(self, run: TaskRun) -> None:
-        from longrope_jax.eval.ruler_eval import ruler_methods, run_ruler
+        from longrope_jax.eval.ruler_eval import decoded_samples, ruler_methods, run_ruler
 
         eval_cfg = run.eval_cfg
         cells = len(ruler_methods(eval_cfg)) * len(as_list(eval_cfg.ruler_tasks)) * len(as_list(eval_cfg.ruler_lengths))
         samples = int(eval_cfg.ruler_samples)
-        previous = run.results.get("ruler_settings", {})
-        same_prompts = (previous.get("template"), previous.get("seed")) == (eval_cfg.ruler_template,
-                                                                            int(eval_cfg.ruler_seed))
-        records = run.results.get("ruler_records", {}) if same_prompts else {}
-        done = sum(min(len(records.get(m, {}).get(t, {}).get(str(n), [])), samples) for m in ruler_methods(eval_cfg)
-                   for t in as_list(eval_cfg.ruler_tasks) for n in as_list(eval_cfg.ruler_lengths))
-        # A resumed run's bar starts at the samples already decoded (they are reused, not decoded again).
+        done = decoded_samples(eval_cfg, run.results)  # a resumed run's bar starts at what is reused
         with tqdm(total=cells * samples, initial=done, desc="ruler", unit="sample") as bar:
             run_ruler(eval_cfg, run.add_bos, run.results, run.save, run.model, run.tokenizer, run.spec, bar.update)
 
