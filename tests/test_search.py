@@ -24,6 +24,7 @@ BASE = from_hf_config(dict(head_dim=64, hidden_size=576, num_attention_heads=9, 
                            rope_theta=1e5))
 SPACES = {
     "dim_mono": dict(),
+    "dim": dict(),
     "dim_piece_mono": dict(),
     "longrope2": dict(critical_dim=19, upper=6.0),
 }
@@ -66,6 +67,21 @@ def test_operators_are_pure_functions_of_the_key():
     other = space.project(seeds(2.0)[0])
     child = operators.crossover(jax.random.key(5), parent, other, space)
     assert all(v in (a, b) for v, a, b in zip(child.factors, parent.factors, other.factors)) or space.is_valid(child)
+
+
+def test_only_the_unordered_space_leaves_monotone_factors():
+    """`dim` is the ablation of the monotone constraint: its mutants leave the order and range over the whole box,
+    while dim_mono's mutants of the same parents never do."""
+    free, mono = make_space("dim", 4.0), make_space("dim_mono", 4.0)
+    parent = mono.project(seeds(4.0)[2])
+    free_children = [operators.mutate(jax.random.key(k), parent, free) for k in range(20)]
+    mono_children = [operators.mutate(jax.random.key(k), parent, mono) for k in range(20)]
+    assert all(free.is_valid(c) for c in free_children)
+    assert any(np.any(np.diff(c.array) < 0) for c in free_children)
+    assert all(np.all(np.diff(c.array) >= 0) for c in mono_children)
+    assert max(c.array[0] for c in free_children) > parent.array[1]  # a high-frequency pair resampled anywhere
+    assert free.is_valid(Candidate(tuple([2.0, 1.5] + [2.0] * 30))) and not mono.is_valid(
+        Candidate(tuple([2.0, 1.5] + [2.0] * 30)))
 
 
 def test_invalid_candidates_are_rejected():
@@ -395,7 +411,7 @@ def test_cli_interrupt_read_only_workdir_and_corrupt_state_give_one_line(tmp_pat
 
 
 @settings(max_examples=30, deadline=None)
-@given(st.sampled_from(["dim_mono", "dim_piece_mono"]), st.integers(0, 2**31 - 1))
+@given(st.sampled_from(["dim_mono", "dim", "dim_piece_mono"]), st.integers(0, 2**31 - 1))
 def test_crossover_children_take_every_factor_from_between_their_parents(kind, seed):
     """A child's λ_i lies between its parents' λ_i (monotone repair cannot leave that range) and its n̂ is one of
     theirs; a crossover that ignored its parents would fail this."""

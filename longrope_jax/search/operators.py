@@ -35,10 +35,16 @@ def _mutate_n_hat(rng: np.random.Generator, n_hat: int, space: SearchSpace, p: f
 
 
 def mutate(key: jax.Array, parent: Candidate, space: SearchSpace, p: float = 0.3) -> Candidate:
-    """Each free factor, with probability p, is resampled on the grid between its neighbours (monotone kept)."""
+    """Each free factor, with probability p, is resampled on the grid between its neighbours (monotone kept);
+    in the unordered `dim` space, anywhere in [lower, upper]."""
     rng = numpy_rng(key)
     lam = parent.array.copy()
     n_hat = _mutate_n_hat(rng, parent.n_hat, space, p)
+    if space.kind == "dim":
+        for i in range(space.half_dim):
+            if rng.random() < p:
+                lam[i] = _grid_between(rng, space.lower, space.upper, space.grid)
+        return space.project(lam, n_hat)
     if space.kind == "dim_mono":
         for i in range(space.half_dim):
             if rng.random() < p:
@@ -76,7 +82,7 @@ def crossover(key: jax.Array, first: Candidate, second: Candidate, space: Search
     take = rng.random(space.half_dim) < 0.5
     lam = np.where(take, second.array, first.array)
     n_hat = second.n_hat if rng.random() < 0.5 else first.n_hat
-    if space.kind == "dim_mono":
+    if space.kind in ("dim", "dim_mono"):
         return space.project(lam, n_hat)
     if space.kind == "dim_piece_mono":
         alpha = second.alpha if rng.random() < 0.5 else first.alpha

@@ -2,6 +2,7 @@
 
 A candidate is λ (d/2 factors on a 0.01 grid) plus n̂; the space decides which λ are legal:
   dim_mono        λ monotone non-decreasing within [lower, upper]
+  dim             λ anywhere in the box [lower, upper]^(d/2), no order (the ablation of the monotone constraint)
   dim_piece_mono  integer genes α < β: λ_i = 1 for i <= α, λ_i = s for i > β, monotone in [1, s] between
   longrope2       critical dimension cd: λ_i = λ_cd^(i/cd) below cd; at and above cd strictly increasing within
                   [s, upper], and the last factor at most 4 above the one before it
@@ -16,7 +17,7 @@ import numpy as np
 
 from longrope_jax.errors import ConfigError
 
-SPACES = ("dim_mono", "dim_piece_mono", "longrope2")
+SPACES = ("dim_mono", "dim", "dim_piece_mono", "longrope2")
 EXPORT_TARGETS = ("hf", "gguf", "longrope_jax")  # what the result will be served with
 N_HAT_CHOICES = (0, 1, 2, 4, 8, 12, 16, 20, 24, 28, 32, 48, 64, 96, 128, 160, 192, 224, 256)
 
@@ -91,9 +92,11 @@ class SearchSpace:
         if candidate.n_hat not in self.n_hat_choices:
             return False
         on_grid = np.allclose(lam, self.quantize(lam), atol=1e-9)
+        in_box = bool(lam.min() >= self.lower - eps and lam.max() <= self.upper + eps)
+        if self.kind == "dim":
+            return bool(on_grid and in_box)
         if self.kind == "dim_mono":
-            return bool(on_grid and lam.min() >= self.lower - eps and lam.max() <= self.upper + eps
-                        and np.all(np.diff(lam) >= -eps))
+            return bool(on_grid and in_box and np.all(np.diff(lam) >= -eps))
         if self.kind == "dim_piece_mono":
             a, b = candidate.alpha, candidate.beta
             if not -1 <= a < b <= self.half_dim - 1:
@@ -115,8 +118,10 @@ class SearchSpace:
         """The nearest legal candidate to arbitrary factors (used to seed from PI/NTK/YaRN)."""
         lam = np.asarray(factors, np.float64).copy()
         n_hat = min(self.n_hat_choices, key=lambda c: abs(c - n_hat))
-        if self.kind == "dim_mono":
-            lam = np.maximum.accumulate(np.clip(self.quantize(lam), self.lower, self.upper))
+        if self.kind in ("dim", "dim_mono"):
+            lam = np.clip(self.quantize(lam), self.lower, self.upper)
+            if self.kind == "dim_mono":
+                lam = np.maximum.accumulate(lam)
             return Candidate(tuple(lam), n_hat)
         if self.kind == "dim_piece_mono":
             s = float(self.quantize(self.scale))
