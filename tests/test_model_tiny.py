@@ -215,6 +215,21 @@ def test_cached_generation_equals_full_forward():
     np.testing.assert_array_equal(logits.argmax(-1)[0, 4:], out[0, 5:])
 
 
+def test_generation_stops_at_the_stop_token_with_the_same_tokens_before_it():
+    model = init_model(tiny_config(num_layers=3), seed=1)
+    prompt = jnp.asarray([[1, 5, 9, 2, 7], [3, 3, 8, 1, 4]])
+    full = np.asarray(generate(model, prompt, 12))[:, 5:]
+    stop = int(full[0, 3])  # a token the first sequence emits mid-way
+    stopped = np.asarray(generate(model, prompt, 12, stop_token=stop))[:, 5:]
+    for row, reference in zip(stopped, full):
+        hits = np.flatnonzero(reference == stop)
+        end = int(hits[0]) + 1 if hits.size else len(reference)
+        np.testing.assert_array_equal(row[:end], reference[:end])
+        assert np.all(row[end:] == stop)
+    assert np.any(stopped != full)  # the first sequence's tokens after its stop token are not decoded
+    np.testing.assert_array_equal(np.asarray(generate(model, prompt, 12, stop_token=10**6))[:, 5:], full)
+
+
 def test_temperature_sampling_equals_sampling_the_full_forward_logits():
     model = init_model(tiny_config(num_layers=3), seed=1)
     prompt, key, temperature = jnp.asarray([[1, 5, 9, 2, 7]]), jax.random.key(3), 0.8

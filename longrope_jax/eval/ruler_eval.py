@@ -43,7 +43,7 @@ def ruler_scores(model: Transformer, tokenizer, spec: RopeSpec | None, task: str
         ids = tokenizer.encode(sample["input"] + sample["answer_prefix"]).ids
         ids = np.asarray(([bos] if bos is not None else []) + list(ids), np.int32)
         new_tokens = int(sample["max_new_tokens"])
-        out = np.asarray(generate(model, jnp.asarray(ids[None]), new_tokens,
+        out = np.asarray(generate(model, jnp.asarray(ids[None]), new_tokens, stop_token=eos,
                                   rope=rope_inputs(spec, len(ids) + new_tokens)))[0, len(ids):].tolist()
         if eos is not None and eos in out:
             out = out[:out.index(eos)]

@@ -1,4 +1,5 @@
-"""KV-cache decoding: one prefill of the prompt, then one token per step inside a compiled `lax.scan`.
+"""KV-cache decoding: one prefill of the prompt, then one token per step inside a compiled `lax.while_loop`
+that ends early once every sequence has emitted the stop token.
 
 Short/long factor policy: the rope factors are fixed per sequence from its planned total length
 (prompt + max_new_tokens), chosen once before prefill. A cache is therefore never rotated two ways, and a
@@ -18,8 +19,9 @@ from longrope_jax.model.transformer import Transformer
 from longrope_jax.rope import RopeInputs, rope_inputs
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "greedy"))
-def _generate(graphdef, state, prompt, rope, rng, temperature, max_new_tokens: int, greedy: bool):
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "greedy", "stop_token"))
+def _generate(graphdef, state, prompt, rope, rng, temperature, max_new_tokens: int, greedy: bool,
+              stop_token: int = -1):
     model = nnx.merge(graphdef, state)
     b, p = prompt.shape
     cache = model.init_cache(b, p + max_new_tokens)
@@ -27,35 +29,47 @@ def _generate(graphdef, state, prompt, rope, rng, temperature, max_new_tokens: i
     # Prefill: only the last position's logits are needed; full (P × vocab) logits would be 6.4 GB at 32k.
     hidden, cache = model.hidden(prompt, positions, rope, cache)
     logits = jnp.einsum("be,ev->bv", hidden[:, -1], model.output_kernel().astype(hidden.dtype),
-                        preferred_element_type=jnp.float32)[:, None]
+                        preferred_element_type=jnp.float32)
 
     def pick(logits, key):
         if greedy:
             return jnp.argmax(logits, axis=-1).astype(jnp.int32)
         return jax.random.categorical(key, logits / temperature, axis=-1).astype(jnp.int32)
 
-    keys = jax.random.split(rng, max_new_tokens)
-    first = pick(logits[:, -1], keys[0])
+    keys = jax.random.split(rng, max_new_tokens)  # one key per new token, whether or not decoding stops early
+    first = pick(logits, keys[0])
+    out = jnp.full((b, max_new_tokens), max(stop_token, 0), jnp.int32).at[:, 0].set(first)
+    done = first == stop_token
 
-    def step(carry, key):
+    def unfinished(carry):
+        i, _, _, _, done = carry
+        return (i < max_new_tokens - 1) & ~jnp.all(done)
+
+    def step(carry):
         # NNX variables must not cross trace levels, so the parameters ride in the carry (unchanged) and the
-        # model is rebuilt inside the scan body instead of being closed over.
-        token, position, cache, params = carry
+        # model is rebuilt inside the loop body instead of being closed over.
+        i, out, cache, params, done = carry
         step_model = nnx.merge(graphdef, params)
-        logits, cache = step_model(token[:, None], jnp.full((b, 1), position, jnp.int32), rope, cache)
-        nxt = pick(logits[:, -1], key)
-        return (nxt, position + 1, cache, params), token
+        token = jax.lax.dynamic_slice_in_dim(out, i, 1, axis=1)
+        logits, cache = step_model(token, jnp.full((b, 1), p + i, jnp.int32), rope, cache)
+        nxt = pick(logits[:, -1], keys[i + 1])
+        # A sequence that has stopped keeps emitting the stop token, so a batch ends as its slowest member does.
+        nxt = jnp.where(done, jnp.int32(max(stop_token, 0)), nxt)
+        out = jax.lax.dynamic_update_slice_in_dim(out, nxt[:, None], i + 1, axis=1)
+        return i + 1, out, cache, params, done | (nxt == stop_token)
 
-    (last, _, _, _), tokens = jax.lax.scan(step, (first, jnp.int32(p), cache, state), keys[1:])
-    generated = jnp.concatenate([tokens.T, last[:, None]], axis=1)
-    return jnp.concatenate([prompt, generated], axis=1)
+    _, out, _, _, _ = jax.lax.while_loop(unfinished, step, (jnp.int32(0), out, cache, state, done))
+    return jnp.concatenate([prompt, out], axis=1)
 
 
 def generate(model: Transformer, prompt: jax.Array, max_new_tokens: int, temperature: float = 0.0,
-             rng: jax.Array | None = None, rope: RopeInputs | None = None) -> jax.Array:
+             rng: jax.Array | None = None, rope: RopeInputs | None = None,
+             stop_token: int | None = None) -> jax.Array:
     """Prompt followed by `max_new_tokens` sampled tokens, int32 (B, P + max_new_tokens).
 
     temperature 0 means greedy. rope defaults to the model's spec at length P + max_new_tokens (see module doc).
+    stop_token (e.g. the EOS id): decoding ends once every sequence has emitted it, and each sequence's tokens
+    after its first stop token are the stop token; the tokens up to it are those a full-length decode gives.
     """
     prompt = jnp.asarray(prompt, jnp.int32)
     if max_new_tokens < 1:
@@ -65,4 +79,4 @@ def generate(model: Transformer, prompt: jax.Array, max_new_tokens: int, tempera
     graphdef, state = nnx.split(model)
     rng = rng if rng is not None else jax.random.key(0)
     return _generate(graphdef, state, prompt, rope, rng, jnp.float32(max(temperature, 1e-6)),
-                     max_new_tokens, temperature <= 0)
+                     max_new_tokens, temperature <= 0, -1 if stop_token is None else int(stop_token))
