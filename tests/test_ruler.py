@@ -122,18 +122,37 @@ def test_decoding_harness_scores_what_the_model_says(monkeypatch):
     samples = ruler.generate("niah_single_1", tok, 512, 2)
 
     def answering(answer_of):
-        def fake(model, prompt, new_tokens, rope=None):
+        def fake(graphdef, state, prompt, ropes, new_tokens, stop_token, vmap_width):
             text = tok.decode(np.asarray(prompt[0]).tolist())
             sample = next(s for s in samples if text.endswith(s["answer_prefix"]))
             ids = tok.encode(" " + answer_of(sample)).ids + [cfg.eos_token_id] + [5] * new_tokens
-            return np.concatenate([np.asarray(prompt[0]), np.asarray(ids[:new_tokens])])[None]
+            return np.concatenate([np.asarray(prompt[0]), np.asarray(ids[:new_tokens])])[None, None]
         return fake
 
-    monkeypatch.setattr(ruler_eval, "generate", answering(lambda s: s["outputs"][0] + "."))
+    monkeypatch.setattr(ruler_eval, "_greedy_per_rope", answering(lambda s: s["outputs"][0] + "."))
     right = ruler_eval.ruler_scores(model, tok, None, "niah_single_1", 512, 2)
     assert right["score"] == 100.0 and all(r["prediction"].strip().endswith(".") for r in right["records"])
-    monkeypatch.setattr(ruler_eval, "generate", answering(lambda s: "1234"))
+    monkeypatch.setattr(ruler_eval, "_greedy_per_rope", answering(lambda s: "1234"))
     assert ruler_eval.ruler_scores(model, tok, None, "niah_single_1", 512, 2)["score"] == 0.0
+
+
+@pytest.mark.parametrize("vmap_width", [None, 1])
+def test_one_call_under_several_ropes_decodes_what_each_rope_decodes_alone(vmap_width):
+    """ruler_cell decodes each prompt under every spec at once; each spec's predictions are those it gives alone
+    (and the two specs really decode differently, so a mix-up of ropes would show)."""
+    from longrope_jax.eval import methods as rope_methods
+    from longrope_jax.eval import ruler_eval
+    from longrope_jax.loading import load_model
+
+    model, cfg = load_model(FIXTURE)
+    tok = longrope_jax.load_tokenizer(FIXTURE)
+    specs = {m: rope_methods.method_spec(cfg.rope, m, 2048) for m in ("none", "pi")}
+    together = ruler_eval.ruler_cell(model, tok, specs, "niah_single_1", 2048, 2, vmap_width=vmap_width)
+    for m, spec in specs.items():
+        alone = ruler_eval.ruler_scores(model, tok, spec, "niah_single_1", 2048, 2)
+        assert [r["prediction"] for r in together[m]["records"]] == [r["prediction"] for r in alone["records"]]
+        assert together[m]["score"] == alone["score"]
+    assert together["none"]["records"] != together["pi"]["records"]
 
 
 def test_evaluate_runs_ruler_cells_resumes_and_plots(tmp_path):
@@ -150,13 +169,13 @@ def test_evaluate_runs_ruler_cells_resumes_and_plots(tmp_path):
     assert (tmp_path / "eval" / "ruler.png").exists()
     # a third sample later: the two decoded ones are reused, only one new sample is decoded
     calls = []
-    original = ruler_eval.generate
+    original = ruler_eval._greedy_per_rope
     try:
-        ruler_eval.generate = lambda *a, **k: calls.append(1) or original(*a, **k)
+        ruler_eval._greedy_per_rope = lambda *a, **k: calls.append(a[3].inv_freq.shape[0]) or original(*a, **k)
         again = run_evaluation(tiny_eval_config(tmp_path, ruler_samples=3), tmp_path / "eval")
     finally:
-        ruler_eval.generate = original
-    assert len(calls) == 4  # 2 methods x 2 tasks x 1 new sample
+        ruler_eval._greedy_per_rope = original
+    assert calls == [2, 2]  # 2 tasks x 1 new sample, each decoded under both methods in one call
     assert again["ruler_records"]["none"]["fwe"]["1024"][:2] == results["ruler_records"]["none"]["fwe"]["1024"]
 
 

@@ -9,8 +9,6 @@ HF's Phi-3, which re-prefills the whole sequence when it crosses. Pass `rope` to
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -19,9 +17,10 @@ from longrope_jax.model.transformer import Transformer
 from longrope_jax.rope import RopeInputs, rope_inputs
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "greedy", "stop_token"))
-def _generate(graphdef, state, prompt, rope, rng, temperature, max_new_tokens: int, greedy: bool,
-              stop_token: int = -1):
+def decode(graphdef: nnx.GraphDef, state: nnx.State, prompt: jax.Array, rope: RopeInputs, rng: jax.Array,
+           temperature: jax.Array, max_new_tokens: int, greedy: bool, stop_token: int = -1) -> jax.Array:
+    """The traceable body of `generate` (prompt (B, P) -> (B, P + max_new_tokens)); stop_token -1 means none.
+    Pure in (state, prompt, rope, rng), so callers may vmap it over ropes."""
     model = nnx.merge(graphdef, state)
     b, p = prompt.shape
     cache = model.init_cache(b, p + max_new_tokens)
@@ -60,6 +59,9 @@ def _generate(graphdef, state, prompt, rope, rng, temperature, max_new_tokens: i
 
     _, out, _, _, _ = jax.lax.while_loop(unfinished, step, (jnp.int32(0), out, cache, state, done))
     return jnp.concatenate([prompt, out], axis=1)
+
+
+_generate = jax.jit(decode, static_argnames=("graphdef", "max_new_tokens", "greedy", "stop_token"))
 
 
 def generate(model: Transformer, prompt: jax.Array, max_new_tokens: int, temperature: float = 0.0,
