@@ -84,6 +84,28 @@ def test_only_the_unordered_space_leaves_monotone_factors():
         Candidate(tuple([2.0, 1.5] + [2.0] * 30)))
 
 
+def test_longrope2_starts_from_its_own_family_where_classic_seeds_collapse():
+    """At 8x with cd = 19 every classic seed lies below s above cd and projects onto one point whose neighbours
+    are one grid step apart; LongRoPE2's family (S + 0.1·j above cd, S = s … 1.7·s) gives distinct legal starts
+    that mutation can move in many factors."""
+    space = SearchSpace("longrope2", 32, 8.0, critical_dim=19)
+    assert space.upper == 16.0
+    projected = {space.key(space.project(f)) for f in seeds(8.0)}
+    assert len(projected) == 1
+    family = space.critical_seeds()
+    assert len(family) == 8 and all(space.is_valid(space.project(f)) for f in family.values())
+    assert all(space.project(f).array.tolist() == f.tolist() for f in family.values())
+    assert min(f[19] for f in family.values()) == 8.0 and max(f[19] for f in family.values()) == 13.6
+    parent = space.project(family["longrope2@1.2s"])
+    moved = [np.sum(operators.mutate(jax.random.key(k), parent, space).array[19:] != parent.array[19:])
+             for k in range(10)]
+    assert np.mean(moved) > 2  # p = 0.3 of 13 free factors; a collapsed start moves at most the last one
+    stuck = space.project(seeds(8.0)[0])
+    assert all(np.sum(operators.mutate(jax.random.key(k), stuck, space).array[19:] != stuck.array[19:]) <= 1
+               for k in range(10))
+    assert SearchSpace("dim_mono", 32, 8.0).critical_seeds() == {}
+
+
 def test_invalid_candidates_are_rejected():
     space = make_space("dim_mono")
     assert not space.is_valid(Candidate(tuple([2.0, 1.5] + [2.0] * 30)))  # not monotone

@@ -162,8 +162,9 @@ def run_search(config: Any, workdir: str | Path, model_bundle=None, goal: Search
     documents, loss_mask, used = _search_documents(data, search_cfg, cfg, tokenizer, target)
     seed_base = RopeSpec(head_dim=base.head_dim, theta=base.theta, partial_rotary_factor=base.partial_rotary_factor,
                          max_position_embeddings=base_length)
-    seeds = list(seed_factors(seed_base, target, as_list(search_cfg.seed_methods),
-                              as_list(search_cfg.seed_scales)).values())
+    seed_table = {**seed_factors(seed_base, target, as_list(search_cfg.seed_methods),
+                                 as_list(search_cfg.seed_scales)), **space.critical_seeds()}
+    seeds = list(seed_table.values())
     if len(seeds) > int(search_cfg.population):
         raise ConfigError(f"{len(seeds)} seeds (search.seed_methods × search.seed_scales) do not fit in a population "
                           f"of {search_cfg.population}; raise search.population or use fewer seeds")
@@ -187,8 +188,7 @@ def run_search(config: Any, workdir: str | Path, model_bundle=None, goal: Search
     reference = list(seed_factors(seed_base, target).values())
     summary = _write_outputs(search, workdir, cfg, best, best_ppl, state, mscale, target, reference, used,
                              base_factors)
-    summary["seeds"] = _seed_fitness(evaluator, space, seed_factors(
-        seed_base, target, as_list(search_cfg.seed_methods), as_list(search_cfg.seed_scales)), base_factors)
+    summary["seeds"] = _seed_fitness(evaluator, space, seed_table, base_factors)
     write_json_atomic(workdir / "summary.json", summary)
     if goal.verdict_documents:
         summary["verdict"] = _verdict(search, model, cfg, held_out, workdir / "rope_scaling.json", target,

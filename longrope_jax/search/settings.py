@@ -23,7 +23,7 @@ RANGES: dict[str, tuple[type, float, float | None, str]] = {
     "evo_scale": (float, 1e-9, None, "0.25"),
     "grid": (float, 1e-6, None, "0.01"),
     "lower": (float, 1.0, None, "1.0"),
-    "upper": (float, 0.0, None, "0 (= 1.25 x the scale)"),
+    "upper": (float, 0.0, None, "0 (= 1.25 x the scale; 2 x for longrope2)"),
     "max_evaluations": (float, 0.0, None, "0 (no limit) or 270"),
     "initial_size": (int, 2, None, "16"),
     "per_generation": (int, 1, None, "8"),
@@ -106,7 +106,7 @@ class SearchSettings(Section):
                               f"{', '.join(STRATEGIES)}")
         if self.upper and float(self.upper) < float(self.lower):
             raise ConfigError(f"search.upper={self.upper} is below search.lower={self.lower}; raise upper or set "
-                              f"it to 0 (= 1.25 x the scale)")
+                              f"it to 0 (= 1.25 x the scale; 2 x for longrope2)")
 
 
 @dataclasses.dataclass(frozen=True)

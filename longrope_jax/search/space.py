@@ -6,6 +6,9 @@ A candidate is λ (d/2 factors on a 0.01 grid) plus n̂; the space decides which
   dim_piece_mono  integer genes α < β: λ_i = 1 for i <= α, λ_i = s for i > β, monotone in [1, s] between
   longrope2       critical dimension cd: λ_i = λ_cd^(i/cd) below cd; at and above cd strictly increasing within
                   [s, upper], and the last factor at most 4 above the one before it
+
+The default upper bound is 1.25·s, and 2·s for longrope2, whose starting family (`critical_seeds`) begins at s
+and climbs above it.
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ class SearchSpace:
     half_dim: int
     scale: float
     lower: float = 1.0
-    upper: float = 0.0  # 0 -> 1.25·s
+    upper: float = 0.0  # 0 -> 1.25·s (2·s for longrope2)
     grid: float = 0.01
     n_hat_choices: tuple[int, ...] = (0,)
     critical_dim: int | None = None
@@ -61,7 +64,7 @@ class SearchSpace:
         if self.kind not in SPACES:
             raise ConfigError(f"unknown search space {self.kind!r}; use one of {', '.join(SPACES)}")
         if self.upper == 0.0:
-            object.__setattr__(self, "upper", round(1.25 * self.scale, 2))
+            object.__setattr__(self, "upper", round((2.0 if self.kind == "longrope2" else 1.25) * self.scale, 2))
         if not 1.0 <= self.lower <= self.upper:
             raise ConfigError(f"search bounds must satisfy 1 <= lower <= upper, got [{self.lower}, {self.upper}]")
         if any(n < 0 for n in self.n_hat_choices) or not self.n_hat_choices:
@@ -132,6 +135,25 @@ class SearchSpace:
             lam[:alpha + 1], lam[beta + 1:] = 1.0, s
             return Candidate(tuple(lam), n_hat, alpha, beta)
         return self.longrope2_candidate(lam[self.critical_dim:], n_hat)
+
+    def critical_seeds(self, count: int = 8) -> dict[str, np.ndarray]:
+        """LongRoPE2's starting family for the longrope2 space, {name: λ}: at and above cd, S + 0.1·j for
+        S = s·(1 + 0.1·k), k < count (its search starts at 32, 35, …, 53 for s = 32), kept inside the upper bound;
+        below cd the ramp from λ_cd. Empty for the other spaces. Classic seeds are no start here: every one of them
+        is below s above cd, so all project onto the same point (s, s + 0.01, …), whose neighbours are one grid
+        step apart and leave mutation no room."""
+        if self.kind != "longrope2":
+            return {}
+        count_above = self.half_dim - self.critical_dim
+        seeds: dict[str, np.ndarray] = {}
+        keys: set[str] = set()
+        for k in range(count):
+            start = min(self.scale * (1.0 + 0.1 * k), self.upper - 0.1 * (count_above - 1))
+            candidate = self.longrope2_candidate(start + 0.1 * np.arange(count_above))
+            if self.key(candidate) not in keys:
+                keys.add(self.key(candidate))
+                seeds[f"longrope2@{1.0 + 0.1 * k:.1f}s"] = candidate.array
+        return seeds
 
     def longrope2_candidate(self, upper_factors: np.ndarray, n_hat: int = 0) -> Candidate:
         """Repairs factors at and above cd into the longrope2 constraints and derives the ones below cd."""
