@@ -162,8 +162,9 @@ def run_search(config: Any, workdir: str | Path, model_bundle=None, goal: Search
     documents, loss_mask, used = _search_documents(data, search_cfg, cfg, tokenizer, target)
     seed_base = RopeSpec(head_dim=base.head_dim, theta=base.theta, partial_rotary_factor=base.partial_rotary_factor,
                          max_position_embeddings=base_length)
-    seed_table = {**seed_factors(seed_base, target, as_list(search_cfg.seed_methods),
-                                 as_list(search_cfg.seed_scales)), **space.critical_seeds()}
+    seed_table = seed_factors(seed_base, target, as_list(search_cfg.seed_methods), as_list(search_cfg.seed_scales))
+    # longrope2's own starting family, as much of it as the population leaves room for (8 at most, as LongRoPE2)
+    seed_table.update(space.critical_seeds(min(8, int(search_cfg.population) - len(seed_table))))
     seeds = list(seed_table.values())
     if len(seeds) > int(search_cfg.population):
         raise ConfigError(f"{len(seeds)} seeds (search.seed_methods × search.seed_scales) do not fit in a population "
