@@ -14,7 +14,8 @@ NATIVE = 256
 
 
 def get_config(variant: str = ""):
-    """"" (default): the pipeline tour, small searches; "bench": the reference search budget for the bench."""
+    """"" (default): the pipeline tour, small searches; "bench": the reference search budget for the bench;
+    "recipe": the whole pipeline at working budgets (`experiments/results/mini_recipe/`)."""
     config = base_config()
     config.name = "mini"
     config.model.path = FIXTURE
@@ -37,6 +38,13 @@ def get_config(variant: str = ""):
         # strategies against it).
         config.search.update(dict(population=64, generations=40, parents=32, mutants=16, crossovers=16,
                                   documents=3, batch_size=8, strategy="reference"))
+    elif variant == "recipe":
+        # The progressive recipe at working budgets: the default strategy (CMA-ES) at 1/5 of the reference's
+        # evaluations on 3 search windows per search, 200 fine-tuning steps, the short factors likewise.
+        config.search.update(dict(population=64, generations=10000, parents=32, mutants=16, crossovers=16,
+                                  documents=3, batch_size=8, max_evaluations=269))
+        config.finetune.update(dict(steps=200, warmup_steps=10, checkpoint_every=20))
+        config.pipeline.short_evo_scale = 1.0
     elif variant:
-        raise ValueError(f"configs/mini.py has variants '' and 'bench', not {variant!r}")
+        raise ValueError(f"configs/mini.py has variants '', 'bench' and 'recipe', not {variant!r}")
     return config

@@ -120,6 +120,11 @@ def _all_configs():
         spec.loader.exec_module(module)
         if hasattr(module, "get_config"):
             yield path.name, module.get_config()
+            for variant in VARIANTS.get(path.name, ()):
+                yield f"{path.name}:{variant}", module.get_config(variant)
+
+
+VARIANTS = {"mini.py": ("bench", "recipe"), "smollm2_135m.py": ("full",)}
 
 
 def test_every_shipped_config_parses_into_typed_sections_that_read_like_it():
