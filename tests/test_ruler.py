@@ -252,3 +252,41 @@ def test_a_resumed_run_counts_the_samples_it_reuses_and_none_of_another_seed():
     assert results["ruler"] == {}  # scores of 3 samples are stale at 2
     cfg.ruler_seed = 7
     assert decoded_samples(cfg, results) == 0 and results["ruler_records"] == {}
+
+
+def test_the_report_puts_runs_side_by_side_with_their_sample_counts(tmp_path):
+    """Two evaluation workdirs -> one table whose averages are the runs' task means, with the samples behind
+    each cell; a missing workdir is one error before anything is written."""
+    import subprocess
+    import sys
+
+    from longrope_jax.eval.ruler_report import collect_runs, passkey_markdown, ruler_markdown
+
+    def workdir(name, scores, samples, passkey=None):
+        path = tmp_path / name
+        path.mkdir()
+        records = {"none": {t: {"4096": [{}] * samples} for t in scores}}
+        results = {"ruler": {"none": {t: {"4096": v} for t, v in scores.items()}}, "ruler_records": records}
+        if passkey is not None:
+            results["passkey"] = {"none": {"4096": passkey}}
+            results["passkey_records"] = {"none": {"4096": [{}] * 10}}
+        (path / "results.json").write_text(json.dumps(results))
+        return path
+
+    runs = {"base": workdir("a", {"niah_single_1": 100.0, "vt": 40.0}, 10, passkey=0.5),
+            "yarn": workdir("b", {"niah_single_1": 60.0, "vt": 0.0}, 5)}
+    collected = collect_runs(runs)
+    table = ruler_markdown(collected)
+    assert "| base (none) | 70.0 | 100 | 40 | 10 |" in table and "| yarn (none) | 30.0 | 60 | 0 | 5 |" in table
+    assert "| base (none) | 0.5 (10) |" in passkey_markdown(collected)
+    out = tmp_path / "report"
+    ok = subprocess.run([sys.executable, "-m", "experiments.ruler_report", "--run", f"base={runs['base']}",
+                         "--run", f"yarn={runs['yarn']}", "--out", str(out)], capture_output=True, text=True,
+                        cwd=Path(__file__).resolve().parents[1])
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads((out / "results.json").read_text()) == collected and (out / "ruler.png").exists()
+    bad = subprocess.run([sys.executable, "-m", "experiments.ruler_report", "--run", f"x={tmp_path / 'none'}",
+                          "--out", str(tmp_path / "bad")], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert bad.returncode == 1 and bad.stderr.strip().startswith("error: ") and "results.json" in bad.stderr
+    assert not (tmp_path / "bad").exists()
