@@ -150,8 +150,9 @@ class SearchSpace:
         for k in range(count):
             start = min(self.scale * (1.0 + 0.1 * k), self.upper - 0.1 * (count_above - 1))
             candidate = self.longrope2_candidate(start + 0.1 * np.arange(count_above))
-            if self.key(candidate) not in keys:
-                keys.add(self.key(candidate))
+            key = self.key(candidate)
+            if key not in keys:
+                keys.add(key)
                 seeds[f"longrope2@{1.0 + 0.1 * k:.1f}s"] = candidate.array
         return seeds
 
