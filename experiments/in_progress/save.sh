@@ -1,0 +1,20 @@
+#!/bin/bash
+# Copies every unfinished run's resumable state from RUNS into experiments/in_progress/state (to be committed),
+# so the next session continues it (resume.sh). Finished runs are committed under experiments/results instead.
+#   bash experiments/in_progress/save.sh [RUNS]
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+runs=$(cd "${1:-$repo/../runs}" && pwd)
+saved=$repo/experiments/in_progress/state
+rm -rf "$saved" && mkdir -p "$saved"
+cd "$runs"
+# search state + fitness cache (search_state.json, search.cache / fitness.sqlite), evaluation results.json
+find . -path ./logs -prune -o -type f \( -name search_state.json -o -name search.cache -o -name fitness.sqlite \
+  -o -name results.json -o -name search_efficiency.json \) -print | while read -r f; do
+  d=$(dirname "$f")
+  # a finished search: its summary.json beside the state, in result/ (search_efficiency) or in bench_results/
+  [ -f "$d/summary.json" ] || [ -f "$d/result/summary.json" ] || [ -f "bench_results/$(basename "$d")/summary.json" ] \
+    && continue
+  mkdir -p "$saved/$d" && cp -p "$f" "$saved/$f"
+done
+du -sh "$saved"
