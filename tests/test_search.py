@@ -106,6 +106,47 @@ def test_longrope2_starts_from_its_own_family_where_classic_seeds_collapse():
     assert SearchSpace("dim_mono", 32, 8.0).critical_seeds() == {}
 
 
+@settings(max_examples=20, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.sampled_from([2.0, 4.0, 8.0]))
+def test_longrope2_with_a_searched_critical_dimension_stays_legal(seed, scale):
+    space = SearchSpace("longrope2", 32, scale, critical_dim=12, critical_range=(6, 20))
+    key = jax.random.key(seed)
+    population = operators.initial_population(key, seeds(scale) + list(space.critical_seeds().values()), space, 16)
+    seen = {space.key(c) for c in population}
+    for generation in range(4):
+        children = operators.next_candidates(jax.random.fold_in(key, generation), population, space, seen, 8, 8, 8)
+        assert all(space.is_valid(c) and 6 <= c.critical_dim <= 20 for c in children)
+        population = children + population[:8]
+    assert len({c.critical_dim for c in population}) > 1  # the gene moves
+    moved = Candidate(population[0].factors, critical_dim=21)
+    assert not space.is_valid(moved)  # outside the range
+    fixed = SearchSpace("longrope2", 32, scale, critical_dim=12)
+    assert fixed.critical_range == (12, 12) and fixed.identity() == repr(fixed)
+    assert space.identity() != fixed.identity() and repr(space) == repr(fixed)
+
+
+def test_searching_the_critical_dimension_reaches_factors_a_fixed_one_cannot():
+    """A toy fitness whose optimum has its transition to λ = s at pair 17 (the fixture's 8x reference search
+    found this): with cd fixed at the theoretical 12 the ramp pins pairs 1-11 far above it; with cd searched
+    the same evolution gets much closer."""
+    target = np.concatenate([np.full(8, 1.2), np.geomspace(1.6, 7.9, 9), np.full(15, 8.0)])
+
+    def evolve(space):
+        key = jax.random.key(0)
+        population = operators.initial_population(key, list(space.critical_seeds().values()), space, 32)
+        seen = {space.key(c) for c in population}
+        for generation in range(30):
+            children = operators.next_candidates(jax.random.fold_in(key, generation), population, space, seen,
+                                                 16, 8, 8)
+            population = sorted(population + children, key=lambda c: np.sum(np.log(c.array / target) ** 2))[:32]
+        return np.sum(np.log(population[0].array / target) ** 2), population[0].critical_dim
+
+    fixed_error, fixed_cd = evolve(SearchSpace("longrope2", 32, 8.0, critical_dim=12))
+    searched_error, searched_cd = evolve(SearchSpace("longrope2", 32, 8.0, critical_dim=12, critical_range=(4, 20)))
+    assert fixed_cd == 12 and searched_cd > 14
+    assert searched_error < 0.5 * fixed_error
+
+
 def test_invalid_candidates_are_rejected():
     space = make_space("dim_mono")
     assert not space.is_valid(Candidate(tuple([2.0, 1.5] + [2.0] * 30)))  # not monotone

@@ -93,6 +93,7 @@ def run_bench(config: Any, ratio: int, workdir: str | Path, results_dir: str | P
                               "seeds": {n: s["search_perplexity"] for n, s in summary["seeds"].items()}},
         "seed_spread": {"min": min(seed_search), "max": max(seed_search)},
         "best_seed": best_seed, "best_closed_form": best_closed, "best_n_hat": summary["best_n_hat"],
+        **({"critical_dim": summary["critical_dim"]} if "critical_dim" in summary else {}),
         "held_out_perplexity": table,
         "searched_vs_best_seed": table["searched"] / table["best_seed"] - 1.0,
         "searched_vs_best_closed_form": table["searched"] / table[best_closed] - 1.0,

@@ -181,7 +181,7 @@ def run_search(config: Any, workdir: str | Path, model_bundle=None, goal: Search
                                  int(search_cfg.batch_size), cache, bool(search_cfg.racing), loss_mask,
                                  search_mesh(search_cfg), base_factors=base_factors)
     state_fingerprint = {"version": FITNESS_KEY_VERSION, "namespace": namespace, "seed": int(search_cfg.seed),
-                         "budget": scaled_budget(search), "space": repr(space)}
+                         "budget": scaled_budget(search), "space": space.identity()}
     if search_cfg.get("strategy", "reference") != "reference" or search_cfg.get("max_evaluations"):
         state_fingerprint["strategy"] = strategy_settings(search_cfg)
     state = run_generations(evaluator, space, seeds, search_cfg, workdir, state_fingerprint)
@@ -267,8 +267,9 @@ def _write_outputs(search: SearchSettings, workdir, cfg, best, best_ppl, state, 
     block = longrope_spec(cfg.rope, factors.tolist(), max_position_embeddings=target,
                           attention_factor=mscale, n_hat=best.n_hat).to_hf()
     write_json_atomic(workdir / "rope_scaling.json", block)
+    critical = {"critical_dim": best.critical_dim} if best.critical_dim >= 0 else {}
     write_json_atomic(workdir / "factors.json", {"long_factor": factors.tolist(), "n_hat": best.n_hat,
-                                                 "perplexity": best_ppl, "target_length": target})
+                                                 "perplexity": best_ppl, "target_length": target, **critical})
     write_text_atomic(workdir / "factors.csv", "".join(f"{v:.6g}\n" for v in factors))
     plots.plot_factors({"searched": factors, **dict(zip(SEED_METHODS, seeds))}, workdir / "factors.png",
                        title=f"Searched factors vs PI/NTK/YaRN at {target} tokens")
@@ -276,7 +277,7 @@ def _write_outputs(search: SearchSettings, workdir, cfg, best, best_ppl, state, 
     plots.plot_fitness(history, workdir / "fitness.png")
     summary = {"target_length": target, "original_length": cfg.rope.original_length,
                "budget": scaled_budget(search), "space": search.space,
-               "search_documents": used, "best_perplexity": best_ppl, "best_n_hat": best.n_hat,
+               "search_documents": used, "best_perplexity": best_ppl, "best_n_hat": best.n_hat, **critical,
                "export_target": search.export_target,
                "attention_factor": mscale, "generations_done": state["generation"], "stats": state["stats"],
                "history": history}

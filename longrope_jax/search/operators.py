@@ -36,7 +36,8 @@ def _mutate_n_hat(rng: np.random.Generator, n_hat: int, space: SearchSpace, p: f
 
 def mutate(key: jax.Array, parent: Candidate, space: SearchSpace, p: float = 0.3) -> Candidate:
     """Each free factor, with probability p, is resampled on the grid between its neighbours (monotone kept);
-    in the unordered `dim` space, anywhere in [lower, upper]."""
+    in the unordered `dim` space, anywhere in [lower, upper]; longrope2's critical dimension, with probability p,
+    moves one pair within its range."""
     rng = numpy_rng(key)
     lam = parent.array.copy()
     n_hat = _mutate_n_hat(rng, parent.n_hat, space, p)
@@ -66,14 +67,16 @@ def mutate(key: jax.Array, parent: Candidate, space: SearchSpace, p: float = 0.3
                                        else s, space.grid)
         lam = np.maximum.accumulate(np.clip(lam, 1.0, s))
         return Candidate(tuple(space.quantize(lam)), n_hat, alpha, beta)
-    cd = space.critical_dim
+    cd, (cd_low, cd_high) = parent.critical_dim, space.critical_range
+    if cd_low < cd_high and rng.random() < p:  # cd moves one pair; the factors at its new place get repaired
+        cd = int(np.clip(cd + rng.choice([-1, 1]), cd_low, cd_high))
     upper = lam[cd:].copy()
     for i in range(len(upper)):
         if rng.random() < p:
             low = upper[i - 1] + space.grid if i > 0 else space.scale
             high = upper[i + 1] - space.grid if i + 1 < len(upper) else min(space.upper, upper[i - 1] + 4.0)
             upper[i] = _grid_between(rng, low, max(low, high), space.grid)
-    return space.longrope2_candidate(upper, n_hat)
+    return space.longrope2_candidate(upper, n_hat, cd)
 
 
 def crossover(key: jax.Array, first: Candidate, second: Candidate, space: SearchSpace) -> Candidate:
@@ -92,7 +95,9 @@ def crossover(key: jax.Array, first: Candidate, second: Candidate, space: Search
         lam[:alpha + 1], lam[beta + 1:] = 1.0, s
         lam = np.maximum.accumulate(np.clip(lam, 1.0, s))
         return Candidate(tuple(space.quantize(lam)), n_hat, alpha, beta)
-    return space.longrope2_candidate(lam[space.critical_dim:], n_hat)
+    cd_low, cd_high = space.critical_range
+    cd = second.critical_dim if cd_low < cd_high and rng.random() < 0.5 else first.critical_dim
+    return space.longrope2_candidate(lam[cd:], n_hat, cd)
 
 
 def unique_new(candidates: Iterable[Candidate], space: SearchSpace, seen: set[str]) -> list[Candidate]:

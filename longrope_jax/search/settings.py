@@ -34,6 +34,7 @@ RANGES: dict[str, tuple[type, float, float | None, str]] = {
     "cma_sigma": (float, 1e-6, None, "0.5"),
     "ucb_kappa": (float, 0.0, None, "1.0"),
     "cma_population": (int, 0, None, "0 (= 4 + 3 ln n) or 6"),
+    "critical_dim_window": (int, 0, None, "8 (0 fixes cd)"),
 }
 
 
@@ -68,6 +69,7 @@ class SearchSettings(Section):
     search_n_hat: bool = True
     n_hat_choices: tuple = N_HAT_CHOICES
     critical_dim: int = 0
+    critical_dim_window: int = 8
     seed: int = 0
     documents: int = 3
     windows: bool = True

@@ -5,7 +5,9 @@ A candidate is λ (d/2 factors on a 0.01 grid) plus n̂; the space decides which
   dim             λ anywhere in the box [lower, upper]^(d/2), no order (the ablation of the monotone constraint)
   dim_piece_mono  integer genes α < β: λ_i = 1 for i <= α, λ_i = s for i > β, monotone in [1, s] between
   longrope2       critical dimension cd: λ_i = λ_cd^(i/cd) below cd; at and above cd strictly increasing within
-                  [s, upper], and the last factor at most 4 above the one before it
+                  [s, upper], and the last factor at most 4 above the one before it. cd is a gene of its own
+                  within `critical_range` (LongRoPE2 searches the real critical dimension: the theoretical one,
+                  from the training length, need not be where the model's frequencies actually stop generalising)
 
 The default upper bound is 1.25·s, and 2·s for longrope2, whose starting family (`critical_seeds`) begins at s
 and climbs above it.
@@ -27,24 +29,27 @@ N_HAT_CHOICES = (0, 1, 2, 4, 8, 12, 16, 20, 24, 28, 32, 48, 64, 96, 128, 160, 19
 
 @dataclasses.dataclass(frozen=True)
 class Candidate:
-    """One point of the search: factors λ (d/2,), n̂, and for dim_piece_mono the genes α < β."""
+    """One point of the search: factors λ (d/2,), n̂, for dim_piece_mono the genes α < β, for longrope2 its
+    critical dimension (-1 elsewhere)."""
 
     factors: tuple[float, ...]
     n_hat: int = 0
     alpha: int = -1
     beta: int = -1
+    critical_dim: int = -1
 
     @property
     def array(self) -> np.ndarray:
         return np.asarray(self.factors, np.float64)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"factors": list(self.factors), "n_hat": self.n_hat, "alpha": self.alpha, "beta": self.beta}
+        out = {"factors": list(self.factors), "n_hat": self.n_hat, "alpha": self.alpha, "beta": self.beta}
+        return out if self.critical_dim < 0 else {**out, "critical_dim": self.critical_dim}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Candidate":
         return cls(tuple(float(v) for v in data["factors"]), int(data.get("n_hat", 0)), int(data.get("alpha", -1)),
-                   int(data.get("beta", -1)))
+                   int(data.get("beta", -1)), int(data.get("critical_dim", -1)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +63,8 @@ class SearchSpace:
     upper: float = 0.0  # 0 -> 1.25·s (2·s for longrope2)
     grid: float = 0.01
     n_hat_choices: tuple[int, ...] = (0,)
-    critical_dim: int | None = None
+    critical_dim: int | None = None  # longrope2: the theoretical cd, where the seeds put it
+    critical_range: tuple[int, int] | None = dataclasses.field(default=None, repr=False)  # None: cd fixed
 
     def __post_init__(self) -> None:
         if self.kind not in SPACES:
@@ -73,9 +79,21 @@ class SearchSpace:
             if self.critical_dim is None or not 0 < self.critical_dim < self.half_dim - 1:
                 raise ConfigError(f"longrope2 needs a critical_dim in (0, {self.half_dim - 1}), "
                                   f"got {self.critical_dim}")
-            if self.upper < self.scale + self.grid * (self.half_dim - self.critical_dim):
+            low, high = self.critical_range or (self.critical_dim, self.critical_dim)
+            object.__setattr__(self, "critical_range", (int(low), int(high)))
+            if not 0 < low <= self.critical_dim <= high < self.half_dim - 1:
+                raise ConfigError(f"longrope2: the searched critical dimensions {low}..{high} must lie in "
+                                  f"(0, {self.half_dim - 1}) and contain {self.critical_dim}; narrow "
+                                  f"search.critical_dim_window")
+            if self.upper < self.scale + self.grid * (self.half_dim - low):
                 raise ConfigError(f"longrope2: upper bound {self.upper} leaves no room for strictly increasing "
                                   f"factors from s={self.scale}; raise search.upper")
+
+    def identity(self) -> str:
+        """What a search state records of its space: the repr, plus longrope2's searched cd range where cd is
+        searched (so states of every other space keep the identity they were saved with)."""
+        searched = self.kind == "longrope2" and self.critical_range[0] < self.critical_range[1]
+        return repr(self) + (f"[critical_range={self.critical_range}]" if searched else "")
 
     # ------------------------------------------------------------------ grid
     def quantize(self, values: np.ndarray) -> np.ndarray:
@@ -84,7 +102,8 @@ class SearchSpace:
     def key(self, candidate: Candidate) -> str:
         """Grid-quantised identity of a candidate: equal keys <=> the same point (O(1) duplicate checks)."""
         steps = np.round(candidate.array / self.grid).astype(np.int64)
-        return f"{candidate.n_hat}|{candidate.alpha}|{candidate.beta}|" + ",".join(map(str, steps))
+        cd = f"cd{candidate.critical_dim}|" if candidate.critical_dim >= 0 else ""
+        return f"{candidate.n_hat}|{candidate.alpha}|{candidate.beta}|{cd}" + ",".join(map(str, steps))
 
     # ------------------------------------------------------------------ legality
     def is_valid(self, candidate: Candidate) -> bool:
@@ -109,7 +128,9 @@ class SearchSpace:
                         and np.all(np.abs(lam[b + 1:] - self.quantize(self.scale)) < eps)
                         and np.all(middle >= 1.0 - eps) and np.all(middle <= self.scale + eps)
                         and np.all(np.diff(lam) >= -eps))
-        cd = self.critical_dim
+        cd = candidate.critical_dim
+        if not self.critical_range[0] <= cd <= self.critical_range[1]:
+            return False
         upper = lam[cd:]
         return bool(np.allclose(lam[:cd], _ramp_below(upper[0], cd), rtol=1e-9)
                     and np.allclose(upper, self.quantize(upper), atol=1e-9)
@@ -134,7 +155,7 @@ class SearchSpace:
             beta = min(beta, self.half_dim - 1)
             lam[:alpha + 1], lam[beta + 1:] = 1.0, s
             return Candidate(tuple(lam), n_hat, alpha, beta)
-        return self.longrope2_candidate(lam[self.critical_dim:], n_hat)
+        return self.longrope2_candidate(lam[self.critical_dim:], n_hat, self.critical_dim)
 
     def critical_seeds(self, count: int = 8) -> dict[str, np.ndarray]:
         """LongRoPE2's starting family for the longrope2 space, {name: λ}: at and above cd, S + 0.1·j for
@@ -149,16 +170,20 @@ class SearchSpace:
         keys: set[str] = set()
         for k in range(count):
             start = min(self.scale * (1.0 + 0.1 * k), self.upper - 0.1 * (count_above - 1))
-            candidate = self.longrope2_candidate(start + 0.1 * np.arange(count_above))
+            candidate = self.longrope2_candidate(start + 0.1 * np.arange(count_above), 0, self.critical_dim)
             key = self.key(candidate)
             if key not in keys:
                 keys.add(key)
                 seeds[f"longrope2@{1.0 + 0.1 * k:.1f}s"] = candidate.array
         return seeds
 
-    def longrope2_candidate(self, upper_factors: np.ndarray, n_hat: int = 0) -> Candidate:
-        """Repairs factors at and above cd into the longrope2 constraints and derives the ones below cd."""
-        cd, g = self.critical_dim, self.grid
+    def longrope2_candidate(self, upper_factors: np.ndarray, n_hat: int, critical_dim: int) -> Candidate:
+        """Repairs factors at and above cd (len = d/2 − cd) into the longrope2 constraints and derives the ones
+        below cd."""
+        cd, g = int(critical_dim), self.grid
+        if not self.critical_range[0] <= cd <= self.critical_range[1] or len(upper_factors) != self.half_dim - cd:
+            raise ValueError(f"longrope2: {len(upper_factors)} factors at and above cd = {cd}; cd must lie in "
+                             f"{self.critical_range} and the factors number d/2 − cd")
         upper = self.quantize(np.asarray(upper_factors, np.float64))
         count = len(upper)
         low = float(self.quantize(self.scale))
@@ -172,7 +197,7 @@ class SearchSpace:
         if count >= 2 and out[-1] - out[-2] > 4.0:
             out[-1] = out[-2] + 4.0
         out = self.quantize(out)
-        return Candidate(tuple(np.concatenate([_ramp_below(out[0], cd), out])), n_hat)
+        return Candidate(tuple(np.concatenate([_ramp_below(out[0], cd), out])), n_hat, critical_dim=cd)
 
 
 def _ramp_below(lambda_cd: float, critical_dim: int) -> np.ndarray:
@@ -182,13 +207,16 @@ def _ramp_below(lambda_cd: float, critical_dim: int) -> np.ndarray:
 
 def space_from_config(search_cfg: Any, half_dim: int, scale: float, rotary_dim: int, theta: float,
                       original_length: int) -> SearchSpace:
-    """A SearchSpace from the `search` config section."""
+    """A SearchSpace from the `search` config section. longrope2 searches cd within
+    search.critical_dim_window of search.critical_dim (default: the theoretical one from the training length)."""
     from longrope_jax.rope import critical_dimension
 
-    critical = None
+    critical, critical_range = None, None
     if search_cfg.space == "longrope2":
         critical = int(search_cfg.critical_dim) if search_cfg.critical_dim else critical_dimension(
             rotary_dim, theta, original_length)
+        window = int(search_cfg.get("critical_dim_window", 0))
+        critical_range = (max(1, critical - window), min(half_dim - 2, critical + window))
     target = search_cfg.get("export_target", "hf")
     if target not in EXPORT_TARGETS:
         raise ConfigError(f"search.export_target={target!r}: use one of {', '.join(EXPORT_TARGETS)}")
@@ -197,5 +225,5 @@ def space_from_config(search_cfg: Any, half_dim: int, scale: float, rotary_dim: 
     choices = tuple(int(n) for n in search_cfg.n_hat_choices) if searches_n_hat else (0,)
     return SearchSpace(kind=search_cfg.space, half_dim=half_dim, scale=float(scale), lower=float(search_cfg.lower),
                        upper=float(search_cfg.upper), grid=float(search_cfg.grid), n_hat_choices=choices,
-                       critical_dim=critical)
+                       critical_dim=critical, critical_range=critical_range)
 
