@@ -162,7 +162,7 @@ def main() -> None:
             print(json.dumps(rows[-1]))
     result = {"llama_cpp_python": llama_cpp.__version__, "machine": machine(), "rows": rows}
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\n| model | check | n_ctx | factors | tokens | result |\n|---|---|---|---|---|---|")
+    print("\n| model | check | n_ctx | factors | tokens | result |\n|---|---|---|---|---|---|")
     for row in rows:
         figure = (f"max |Δlogit| / max |logit| = {row['max_abs_diff_over_max_abs_logit']:.2e} "
                   f"(with the other factors: {row['with_the_other_factors']:.2e})"
