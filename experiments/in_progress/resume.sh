@@ -1,6 +1,7 @@
 #!/bin/bash
 # Continues the long CPU runs that span development sessions (see README.md beside this file).
 #   bash experiments/in_progress/resume.sh [RUNS]     # RUNS: where workdirs live, default ../runs
+#   START=0 bash experiments/in_progress/resume.sh    # restore the state only
 # Each run's saved state (copied here by save.sh at the end of a session) is restored into RUNS unless RUNS
 # already holds a newer one, and the three queues start in the background from frozen worktrees, so that
 # editing the checkout does not change code under a running job. Logs: RUNS/logs/<queue>.log.
@@ -15,6 +16,7 @@ if [ -d "$saved" ]; then
     mkdir -p "$runs/$(dirname "$f")" && cp -p "$saved/$f" "$runs/$f"
   done
 fi
+[ "${START:-1}" = 1 ] || { echo "restored into $runs"; exit 0; }
 for queue in s32 bench ruler; do
   tree=$repo/../frozen_$queue
   [ -d "$tree" ] || git -C "$repo" worktree add -f --detach "$tree" HEAD -q
