@@ -84,6 +84,25 @@ def test_only_the_unordered_space_leaves_monotone_factors():
         Candidate(tuple([2.0, 1.5] + [2.0] * 30)))
 
 
+def test_an_unordered_search_writes_and_judges_its_unordered_factors(tmp_path, monkeypatch):
+    """The `dim` ablation's best λ may decrease somewhere: its rope_scaling.json, the held-out verdict and the
+    bench's re-reading of the factor file must accept that, while a monotone space's file is still checked."""
+    from longrope_jax.eval.methods import method_spec
+    from longrope_jax.search import job
+
+    unordered = Candidate((1.0, 2.3, 1.4, 2.3))
+    monkeypatch.setattr(job, "best_candidate", lambda state: (unordered, 400.0))
+    summary = run_search(tiny(space="dim", cache=str(tmp_path / "c.sqlite")), tmp_path / "dim")
+    written = json.loads((tmp_path / "dim" / "rope_scaling.json").read_text())
+    assert written["long_factor"] == list(unordered.factors) and summary["space"] == "dim"
+    assert np.isfinite(summary["verdict"]["perplexity"]["searched"])
+    base = from_hf_config(dict(head_dim=8, hidden_size=32, num_attention_heads=4, max_position_embeddings=64))
+    assert method_spec(base, "longrope", 256, tmp_path / "dim" / "rope_scaling.json",
+                       require_monotone=False).long_factor == unordered.factors
+    with pytest.raises(ConfigError, match="not monotone"):
+        method_spec(base, "longrope", 256, tmp_path / "dim" / "rope_scaling.json")
+
+
 def test_longrope2_starts_from_its_own_family_where_classic_seeds_collapse():
     """At 8x with cd = 19 every classic seed lies below s above cd and projects onto one point whose neighbours
     are one grid step apart; LongRoPE2's family (S + 0.1·j above cd, S = s … 1.7·s) gives distinct legal starts

@@ -32,10 +32,11 @@ def with_served_spec(specs: dict[str, RopeSpec], name: str, served_name: str) ->
     return {**specs, served_name: specs[name].replace(n_hat=0)}
 
 
-def read_factors(path: str | Path, half_dim: int | None = None) -> dict:
+def read_factors(path: str | Path, half_dim: int | None = None, require_monotone: bool = True) -> dict:
     """A LongRoPE factor file: JSON (a rope_scaling block, {"long_factor": ...}, or a whole config.json) or CSV
     with one factor per line (the reference format). Returns a dict with at least "long_factor"; with `half_dim`,
-    the factors are also checked for that model (length d/2, finite, >= 1, monotone)."""
+    the factors are also checked for that model (length d/2, finite, >= 1, and monotone unless
+    `require_monotone` is False: the unordered `dim` search space's factors)."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"factor file {path} does not exist; pass a rope_scaling.json or factors CSV from a search")
@@ -68,14 +69,14 @@ def read_factors(path: str | Path, half_dim: int | None = None) -> dict:
         for field in ("long_factor", "short_factor"):
             if data.get(field) is not None:
                 try:
-                    validate_factors(data[field], field, half_dim)
+                    validate_factors(data[field], field, half_dim, require_monotone)
                 except ValueError as err:
                     raise ConfigError(f"factor file {path}: {err}") from err
     return data
 
 
 def method_spec(base: RopeSpec, method: str, target_length: int, factors_path: str | Path | None = None,
-                n_hat: int | None = None) -> RopeSpec:
+                n_hat: int | None = None, require_monotone: bool = True) -> RopeSpec:
     """The RopeSpec a method uses to run the base model at `target_length` tokens."""
     original = base.original_length
     scale = max(target_length / original, 1.0)
@@ -86,12 +87,13 @@ def method_spec(base: RopeSpec, method: str, target_length: int, factors_path: s
     if method == "longrope":
         if factors_path is None:
             raise ConfigError("method 'longrope' needs a factor file (eval.factors=path/to/rope_scaling.json)")
-        data = read_factors(factors_path, base.half_dim)
+        data = read_factors(factors_path, base.half_dim, require_monotone)
         extra = {k: data[k] for k in ("attention_factor", "n_hat", "critical_dim") if data.get(k) is not None}
         if n_hat is not None:
             extra["n_hat"] = n_hat
         return longrope_spec(base, data["long_factor"], data.get("short_factor"),
-                             max_position_embeddings=max(target_length, original + 1), **extra)
+                             max_position_embeddings=max(target_length, original + 1),
+                             require_monotone=require_monotone, **extra)
     if method == "phi3":
         if base.rope_type != "longrope":
             raise ConfigError("method 'phi3' needs a model whose own config has longrope short/long factors")

@@ -27,6 +27,7 @@ from longrope_jax.rope import RopeSpec, longrope_spec
 from longrope_jax.rope.registry import classic_methods
 from longrope_jax.search.job import run_search, scaled_budget
 from longrope_jax.search.settings import BenchSettings
+from longrope_jax.search.space import space_is_monotone
 
 CLASSIC_METHODS = ("none", *classic_methods())
 COPIED_OUTPUTS = ("rope_scaling.json", "factors.json", "factors.png", "fitness.png")
@@ -48,13 +49,14 @@ def bench_settings(job: JobSettings) -> BenchSettings:
 
 
 def held_out_table(model, cfg, tokens: np.ndarray, target: int, factors_path: Path, seeds: dict[str, dict],
-                   attention_factor: float) -> dict[str, float]:
+                   attention_factor: float, space: str = "dim_mono") -> dict[str, float]:
     """{method: perplexity over the held-out windows} for the classic methods, each seed and the searched λ."""
     specs: dict[str, RopeSpec] = {m: rope_methods.method_spec(cfg.rope, m, target) for m in CLASSIC_METHODS}
     for name, seed in seeds.items():
         specs[f"seed:{name}"] = longrope_spec(cfg.rope, seed["long_factor"], max_position_embeddings=target,
                                               attention_factor=attention_factor)
-    specs["searched"] = rope_methods.method_spec(cfg.rope, "longrope", target, factors_path)
+    specs["searched"] = rope_methods.method_spec(cfg.rope, "longrope", target, factors_path,
+                                                 require_monotone=space_is_monotone(space))
     return perplexity_table(model, tokens, specs)
 
 
@@ -73,7 +75,7 @@ def run_bench(config: Any, ratio: int, workdir: str | Path, results_dir: str | P
     tokens, where = random_windows(held_docs, target, int(bench.held_out_windows), int(bench.held_out_seed),
                                    bool(data.add_bos), cfg.bos_token_id)
     table = held_out_table(model, cfg, tokens, target, workdir / "rope_scaling.json", summary["seeds"],
-                           summary["attention_factor"])
+                           summary["attention_factor"], summary.get("space", "dim_mono"))
     best_seed = min(summary["seeds"], key=lambda n: summary["seeds"][n]["search_perplexity"])
     table["best_seed"] = table[f"seed:{best_seed}"]
     closed = {m: table[m] for m in CLASSIC_METHODS if math.isfinite(table[m])}

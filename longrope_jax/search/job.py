@@ -36,7 +36,7 @@ from longrope_jax.search.fitness import (FITNESS_KEY_VERSION, FitnessCache, Fitn
                                          model_identity, perplexity_of)
 from longrope_jax.search.runner import best_candidate, run_generations
 from longrope_jax.search.settings import SearchSettings
-from longrope_jax.search.space import space_from_config
+from longrope_jax.search.space import space_from_config, space_is_monotone
 
 SEED_METHODS = ("pi", "ntk", "yarn")
 # The verdict row for n̂ > 0 factors as transformers, vLLM and llama.cpp serve them (they ignore n̂).
@@ -264,8 +264,8 @@ def _verdict_inputs(model_section: ModelSection, data: DataSettings, search_cfg:
 def _write_outputs(search: SearchSettings, workdir, cfg, best, best_ppl, state, mscale, target, seeds, used,
                    base_factors) -> dict:
     factors = best.array * base_factors
-    block = longrope_spec(cfg.rope, factors.tolist(), max_position_embeddings=target,
-                          attention_factor=mscale, n_hat=best.n_hat).to_hf()
+    block = longrope_spec(cfg.rope, factors.tolist(), max_position_embeddings=target, attention_factor=mscale,
+                          n_hat=best.n_hat, require_monotone=space_is_monotone(search.space)).to_hf()
     write_json_atomic(workdir / "rope_scaling.json", block)
     critical = {"critical_dim": best.critical_dim} if best.critical_dim >= 0 else {}
     write_json_atomic(workdir / "factors.json", {"long_factor": factors.tolist(), "n_hat": best.n_hat,
@@ -309,7 +309,8 @@ def _verdict(search: SearchSettings, model, cfg, held_out: tuple[np.ndarray, lis
     methods = [m for m in as_list(search.verdict_methods)] + ["longrope"]
     todo = [m for m in methods if m == "longrope" or m not in reused]
     specs = rope_methods.with_served_spec(
-        {m: rope_methods.method_spec(cfg.rope, m, target, factors_path) for m in todo}, "longrope",
+        {m: rope_methods.method_spec(cfg.rope, m, target, factors_path,
+                                     require_monotone=space_is_monotone(search.space)) for m in todo}, "longrope",
         SERVED_WITHOUT_N_HAT)
     ppl = perplexity_table(model, tokens, specs)
     table = {("searched" if m == "longrope" else m): float(ppl[m] if m in ppl else reused[m]) for m in methods}
