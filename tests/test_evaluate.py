@@ -201,6 +201,16 @@ def test_evaluate_runs_passkey_and_plots_it(tmp_path):
     assert (tmp_path / "passkey" / "passkey.png").exists()
 
 
+def test_a_retrieval_only_run_with_no_perplexity_lengths_finishes_with_its_plots(tmp_path):
+    # eval.lengths= (the RULER / passkey runs of long models): nothing for the perplexity task to draw.
+    config = tiny_config(lengths=(), methods=("none",), passkey_lengths=(320,), passkey_methods=("yarn",),
+                         passkey_trials=1)
+    results = run_evaluation(config, tmp_path / "retrieval")
+    assert set(results["passkey"]) == {"yarn"} and not results["perplexity"]
+    assert (tmp_path / "retrieval" / "passkey.png").exists()
+    assert not (tmp_path / "retrieval" / "perplexity_vs_length.png").exists()
+
+
 def count_generate_calls(monkeypatch, kill_on: int | None = None) -> list:
     """Counts passkey decodes (the returned list grows by one per call); `kill_on`: the call that raises
     KeyboardInterrupt, as a kill mid-run would stop it."""

@@ -11,9 +11,28 @@ step() { name=$1; shift
     --config.eval.ruler_template=smollm2 --config.eval.ruler_tasks=$T "$@" && touch "$R/$name.done"
   echo "=== $name exit $? $(date)"; }
 step base --config.eval.ruler_lengths=4096,8192 --config.eval.ruler_samples=10 --config.eval.ruler_methods=none
-step searched16k --config.eval.ruler_lengths=16384 --config.eval.ruler_samples=5 \
-  --config.eval.ruler_methods=yarn,longrope --config.eval.factors=experiments/results/smollm2_16k/rope_scaling.json \
-  --config.eval.passkey_lengths=16384,32768 --config.eval.passkey_methods=longrope
-step searched32k --config.eval.ruler_lengths=32768 --config.eval.ruler_samples=5 \
-  --config.eval.ruler_methods=yarn,longrope --config.eval.factors=experiments/results/smollm2_32k/rope_scaling.json \
-  --config.eval.passkey_lengths=32768 --config.eval.passkey_methods=longrope
+# again if it stopped before its plots (every sample is kept, so this only rescores and draws)
+step base --config.eval.ruler_lengths=4096,8192 --config.eval.ruler_samples=10 --config.eval.ruler_methods=none
+# At 16k and 32k a prompt costs 2.5 and ~8 min of prefill on 2 cores: the NIAH tasks the issue counts come first
+# (5 samples), then passkey, then vt/cwe/fwe; each model keeps one workdir (decoded samples are kept whatever the
+# task list), a marker per part.
+part() { dir=$1 name=$2 tasks=$3; shift 3
+  [ -f "$R/$dir/$name.done" ] && return
+  echo "=== $dir/$name $(date)"
+  python -m experiments.evaluate --config configs/smollm2_135m.py --workdir "$R/$dir" --config.eval.lengths= \
+    --config.eval.ruler_template=smollm2 --config.eval.ruler_tasks=$tasks "$@" && touch "$R/$dir/$name.done"
+  echo "=== $dir/$name exit $? $(date)"; }
+F16=experiments/results/smollm2_16k/rope_scaling.json
+F32=experiments/results/smollm2_32k/rope_scaling.json
+part searched16k niah $NIAH --config.eval.ruler_lengths=16384 --config.eval.ruler_samples=5 \
+  --config.eval.ruler_methods=yarn,longrope --config.eval.factors=$F16
+part searched32k niah $NIAH --config.eval.ruler_lengths=32768 --config.eval.ruler_samples=5 \
+  --config.eval.ruler_methods=yarn,longrope --config.eval.factors=$F32
+part searched16k passkey "" --config.eval.passkey_lengths=16384 --config.eval.passkey_methods=longrope \
+  --config.eval.factors=$F16
+part searched32k passkey "" --config.eval.passkey_lengths=32768 --config.eval.passkey_methods=longrope \
+  --config.eval.factors=$F32
+part searched16k other vt,cwe,fwe --config.eval.ruler_lengths=16384 --config.eval.ruler_samples=5 \
+  --config.eval.ruler_methods=yarn,longrope --config.eval.factors=$F16
+part searched32k other vt,cwe,fwe --config.eval.ruler_lengths=32768 --config.eval.ruler_samples=5 \
+  --config.eval.ruler_methods=yarn,longrope --config.eval.factors=$F32

@@ -91,6 +91,8 @@ class PerplexityTask(EvalTask):
     def plot(self, run: TaskRun) -> None:
         results, eval_cfg = run.results, run.eval_cfg
         lengths = [int(n) for n in as_list(eval_cfg.lengths)]
+        if not lengths:  # eval.lengths= : a retrieval-only run, nothing of this task to draw
+            return
         table = {m: {int(k): v for k, v in by_len.items()} for m, by_len in results["perplexity"].items()}
         if table:
             plots.plot_perplexity_vs_length(table, run.workdir / "perplexity_vs_length.png",
