@@ -28,5 +28,7 @@ if [ ! -f "$runs/bench_results/mini_recipe.done" ]; then
 fi
 run mini_64x_efficient --ratio 64 --config.search.strategy=cmaes --config.search.max_evaluations=269 \
   --config.search.generations=10000 --config.search.windows_seed=0
-run mini_32x_longrope2 --ratio 32 --config.search.space=longrope2
+run mini_32x_seed1 --ratio 32 --config.search.seed=1 --config.search.windows_seed=0
+run mini_32x_seed2 --ratio 32 --config.search.seed=2 --config.search.windows_seed=0
 run mini_64x --ratio 64
+run mini_32x_longrope2 --ratio 32 --config.search.space=longrope2
