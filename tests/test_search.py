@@ -264,6 +264,44 @@ def test_batched_scores_equal_one_candidate_at_a_time(tmp_path, vmap_width):
     assert a["best_perplexity"] == pytest.approx(b["best_perplexity"], rel=1e-5)
 
 
+def test_a_round_killed_between_batches_keeps_the_finished_batches_in_the_cache(tmp_path, monkeypatch):
+    """A 32k batch can take half an hour on CPU: each batch's scores reach the fitness cache when it ends, so a kill
+    during a round's third batch loses only that batch, and the rerun scores only what is missing, identically."""
+    from longrope_jax.model.config import ModelConfig
+    from longrope_jax.model.transformer import init_model
+    from longrope_jax.rope import RopeSpec, default_inv_freq
+    from longrope_jax.search import fitness
+
+    cfg = ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_layers=1, num_heads=4,
+                      num_kv_heads=2, head_dim=8, rope=RopeSpec(head_dim=8, max_position_embeddings=16))
+    model, space = init_model(cfg, seed=0), SearchSpace("dim_mono", 4, 2.0)
+    documents = np.random.default_rng(0).integers(0, 64, (1, 32)).astype(np.int32)
+    candidates = [space.project(np.linspace(1.0, 1.0 + k / 4, 4)) for k in range(6)]
+
+    def evaluator(path):
+        return fitness.FitnessEvaluator(model, documents, space, 1.0, default_inv_freq(cfg.rope.theta, 8), 2,
+                                        fitness.FitnessCache(path, "ns"), racing=False)
+
+    real, calls = fitness.FitnessEvaluator._score_items, []
+
+    def killed_in_third_batch(self, items):
+        calls.append(len(items))
+        if len(calls) == 3:
+            raise KeyboardInterrupt("killed")
+        return real(self, items)
+
+    monkeypatch.setattr(fitness.FitnessEvaluator, "_score_items", killed_in_third_batch)
+    with pytest.raises(KeyboardInterrupt):
+        evaluator(tmp_path / "killed.sqlite").evaluate(candidates)
+    monkeypatch.setattr(fitness.FitnessEvaluator, "_score_items", real)
+    cached = fitness.FitnessCache(tmp_path / "killed.sqlite", "ns")
+    assert sum(bool(cached.get(space.key(c))) for c in candidates) == 4
+    resumed = evaluator(tmp_path / "killed.sqlite")
+    scores = resumed.evaluate(candidates)
+    assert resumed.stats["doc_evals"] == 2 and resumed.stats["cache_hits"] == 4
+    assert scores == evaluator(tmp_path / "clean.sqlite").evaluate(candidates)
+
+
 def test_search_killed_mid_generation_resumes_to_identical_factors(tmp_path):
     args = ["--config.search.generations=64", "--config.search.racing=False"]  # 8 generations at evo_scale 1/8
 

@@ -207,9 +207,11 @@ class FitnessEvaluator:
                         alive.discard(key)
                         self.stats["doc_evals_saved"] += d_total - len(nll)
             todo = [key for key in sorted(alive) if len(results[key]) == doc]
-            if todo:
-                scores = self._score_items([(by_key[k], doc) for k in todo])
-                for key, value in zip(todo, scores):
+            # One compiled batch at a time, each cached as it ends: a run killed mid-round (a 32k batch can take
+            # half an hour on CPU) loses at most the batch in flight.
+            for start in range(0, len(todo), self.batch_size):
+                batch = todo[start:start + self.batch_size]
+                for key, value in zip(batch, self._score_items([(by_key[k], doc) for k in batch])):
                     results[key].append(value)
                     if self.cache:
                         self.cache.put(key, results[key])
