@@ -1,21 +1,11 @@
 #!/bin/bash
-# Issue 20: RULER-lite (+ passkey) on SmolLM2, every step resumable per sample (RUNS/ruler_smollm2/<step>).
+# Issue 20: RULER-lite (+ passkey) on SmolLM2, every step resumable per sample.
 #   bash queue_ruler.sh TREE RUNS
+# Each model keeps one workdir, RUNS/ruler_smollm2/<model> (decoded samples are kept whatever the task list), with
+# a marker per finished part. At 16k and 32k a prompt costs 2.5 and ~8 min of prefill on 2 cores, so the NIAH tasks
+# the issue counts come first (5 samples), then passkey, then vt/cwe/fwe.
 cd "$1"; R=$2/ruler_smollm2
 NIAH=niah_single_1,niah_single_2,niah_single_3,niah_multikey_1,niah_multikey_2,niah_multikey_3,niah_multivalue,niah_multiquery
-T=$NIAH,vt,cwe,fwe
-step() { name=$1; shift
-  [ -f "$R/$name.done" ] && return
-  echo "=== $name $(date)"
-  python -m experiments.evaluate --config configs/smollm2_135m.py --workdir "$R/$name" --config.eval.lengths= \
-    --config.eval.ruler_template=smollm2 --config.eval.ruler_tasks=$T "$@" && touch "$R/$name.done"
-  echo "=== $name exit $? $(date)"; }
-step base --config.eval.ruler_lengths=4096,8192 --config.eval.ruler_samples=10 --config.eval.ruler_methods=none
-# again if it stopped before its plots (every sample is kept, so this only rescores and draws)
-step base --config.eval.ruler_lengths=4096,8192 --config.eval.ruler_samples=10 --config.eval.ruler_methods=none
-# At 16k and 32k a prompt costs 2.5 and ~8 min of prefill on 2 cores: the NIAH tasks the issue counts come first
-# (5 samples), then passkey, then vt/cwe/fwe; each model keeps one workdir (decoded samples are kept whatever the
-# task list), a marker per part.
 part() { dir=$1 name=$2 tasks=$3; shift 3
   [ -f "$R/$dir/$name.done" ] && return
   echo "=== $dir/$name $(date)"
@@ -24,6 +14,8 @@ part() { dir=$1 name=$2 tasks=$3; shift 3
   echo "=== $dir/$name exit $? $(date)"; }
 F16=experiments/results/smollm2_16k/rope_scaling.json
 F32=experiments/results/smollm2_32k/rope_scaling.json
+part base all $NIAH,vt,cwe,fwe --config.eval.ruler_lengths=4096,8192 --config.eval.ruler_samples=10 \
+  --config.eval.ruler_methods=none
 part searched16k niah $NIAH --config.eval.ruler_lengths=16384 --config.eval.ruler_samples=5 \
   --config.eval.ruler_methods=yarn,longrope --config.eval.factors=$F16
 part searched32k niah $NIAH --config.eval.ruler_lengths=32768 --config.eval.ruler_samples=5 \

@@ -49,7 +49,7 @@ def bench_settings(job: JobSettings) -> BenchSettings:
 
 
 def held_out_table(model, cfg, tokens: np.ndarray, target: int, factors_path: Path, seeds: dict[str, dict],
-                   attention_factor: float, space: str = "dim_mono") -> dict[str, float]:
+                   attention_factor: float, space: str) -> dict[str, float]:
     """{method: perplexity over the held-out windows} for the classic methods, each seed and the searched λ."""
     specs: dict[str, RopeSpec] = {m: rope_methods.method_spec(cfg.rope, m, target) for m in CLASSIC_METHODS}
     for name, seed in seeds.items():
@@ -75,7 +75,7 @@ def run_bench(config: Any, ratio: int, workdir: str | Path, results_dir: str | P
     tokens, where = random_windows(held_docs, target, int(bench.held_out_windows), int(bench.held_out_seed),
                                    bool(data.add_bos), cfg.bos_token_id)
     table = held_out_table(model, cfg, tokens, target, workdir / "rope_scaling.json", summary["seeds"],
-                           summary["attention_factor"], summary.get("space", "dim_mono"))
+                           summary["attention_factor"], summary["space"])
     best_seed = min(summary["seeds"], key=lambda n: summary["seeds"][n]["search_perplexity"])
     table["best_seed"] = table[f"seed:{best_seed}"]
     closed = {m: table[m] for m in CLASSIC_METHODS if math.isfinite(table[m])}

@@ -308,10 +308,10 @@ def _verdict(search: SearchSettings, model, cfg, held_out: tuple[np.ndarray, lis
     tokens, names = held_out
     methods = [m for m in as_list(search.verdict_methods)] + ["longrope"]
     todo = [m for m in methods if m == "longrope" or m not in reused]
+    monotone = space_is_monotone(search.space)
     specs = rope_methods.with_served_spec(
-        {m: rope_methods.method_spec(cfg.rope, m, target, factors_path,
-                                     require_monotone=space_is_monotone(search.space)) for m in todo}, "longrope",
-        SERVED_WITHOUT_N_HAT)
+        {m: rope_methods.method_spec(cfg.rope, m, target, factors_path, require_monotone=monotone) for m in todo},
+        "longrope", SERVED_WITHOUT_N_HAT)
     ppl = perplexity_table(model, tokens, specs)
     table = {("searched" if m == "longrope" else m): float(ppl[m] if m in ppl else reused[m]) for m in methods}
     if SERVED_WITHOUT_N_HAT in ppl:

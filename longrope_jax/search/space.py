@@ -23,14 +23,14 @@ import numpy as np
 from longrope_jax.errors import ConfigError
 
 SPACES = ("dim_mono", "dim", "dim_piece_mono", "longrope2")
+EXPORT_TARGETS = ("hf", "gguf", "longrope_jax")  # what the result will be served with
+N_HAT_CHOICES = (0, 1, 2, 4, 8, 12, 16, 20, 24, 28, 32, 48, 64, 96, 128, 160, 192, 224, 256)
 
 
 def space_is_monotone(kind: str) -> bool:
     """Whether every candidate of the space `kind` is monotone non-decreasing (all but the unordered ablation), so
     its factor files are checked for order when read back."""
     return kind != "dim"
-EXPORT_TARGETS = ("hf", "gguf", "longrope_jax")  # what the result will be served with
-N_HAT_CHOICES = (0, 1, 2, 4, 8, 12, 16, 20, 24, 28, 32, 48, 64, 96, 128, 160, 192, 224, 256)
 
 
 @dataclasses.dataclass(frozen=True)
