@@ -16,7 +16,7 @@ CONFIGS = ["tiny", "smollm2_135m", "mini", "mini_pretrain", "llama2_7b_2048k", "
 @pytest.mark.parametrize("name", CONFIGS)
 def test_config_builds(name):
     config = importlib.import_module(f"configs.{name}").get_config()
-    assert config.name == name.replace("smollm2_135m", "smollm2_135m")
+    assert config.name == name
     for section in ("model", "data", "eval", "search", "finetune", "pipeline"):
         assert section in config
     assert config.pipeline.final_target >= config.pipeline.first_target

@@ -92,14 +92,22 @@ def test_method_perplexity_matches_transformers(smollm2, reference, method):
     assert abs(ours / theirs - 1) < 1e-4, (method, ours, theirs)
 
 
-def test_sliding_window_scores_every_token_once(smollm2):
+def test_sliding_window_scores_every_token_once(smollm2, monkeypatch):
     _, model, cfg, tokens = smollm2
     doc = tokens[:300]
     full = float(sequence_nll(model, jnp.asarray(doc[None])).mean())
-    # stride == window - 0 context reuse would differ; with window covering everything it equals the full pass.
+    # one window covering everything is the full pass; overlapping windows give every token less context
     assert abs(sliding_window_nll(model, doc, window=300, stride=300) - full) < 1e-5
     windowed = sliding_window_nll(model, doc, window=128, stride=64)
     assert np.isfinite(windowed) and abs(windowed - full) < 0.5
+    # with each target's "NLL" set to its own token id, the mean is the targets' mean only if every target
+    # (tokens 1..299) is counted exactly once: overlapped tokens counted twice, a skipped one or the ragged last
+    # window's padding would all change it
+    from longrope_jax.eval import perplexity
+    monkeypatch.setattr(perplexity, "_window_nll",
+                        lambda graphdef, state, chunk, rope, window: np.asarray(chunk[0, 1:], np.float64))
+    for window, stride in [(128, 64), (128, 100), (100, 1), (300, 300)]:
+        assert sliding_window_nll(model, doc, window, stride) == pytest.approx(doc[1:].astype(np.float64).mean())
 
 
 def tiny_config(**eval_changes):
@@ -196,7 +204,12 @@ def test_evaluate_runs_passkey_and_plots_it(tmp_path):
     config = tiny_config(lengths=(64,), methods=("none", "yarn"), passkey_lengths=(320,), passkey_trials=2)
     results = run_evaluation(config, tmp_path / "passkey")
     assert set(results["passkey"]) == {"none", "yarn"}
-    assert all(0.0 <= by_length["320"] <= 1.0 for by_length in results["passkey"].values())
+    from longrope_jax.eval.passkey import score_continuation
+    for method, by_length in results["passkey"].items():
+        records = results["passkey_records"][method]["320"]
+        assert len(records) == 2
+        assert all(r["correct"] == score_continuation(r["continuation"], r["key"])[1] for r in records)
+        assert by_length["320"] == sum(r["correct"] for r in records) / 2
     assert read_json(tmp_path / "passkey" / "results.json")["passkey"] == results["passkey"]
     assert (tmp_path / "passkey" / "passkey.png").exists()
 

@@ -33,8 +33,8 @@ def gguf_path() -> Path:
 @pytest.fixture(scope="module")
 def hf_state(gguf_path: Path) -> dict[str, np.ndarray]:
     """transformers' own dequantised, un-permuted weights, as numpy, loaded once per module."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    import torch
+    import transformers
     model = transformers.AutoModelForCausalLM.from_pretrained(
         str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
     )
@@ -45,7 +45,7 @@ def hf_state(gguf_path: Path) -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def hf_tokenizer(gguf_path: Path):
-    transformers = pytest.importorskip("transformers")
+    import transformers
     return transformers.AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
 
 

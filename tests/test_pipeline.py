@@ -186,7 +186,8 @@ def test_report_shows_the_result_served_without_n_hat_beside_the_scored_one(tmp_
     report = _report(config, bundle, export, {"stages": {}}, tmp_path / "report")
     table = report["perplexity"]
     # Retrieval beside perplexity, at the original (64: too short for either prompt) and the final length.
-    assert report["retrieval"]["passkey"]["64"] is None and 0.0 <= report["retrieval"]["passkey"]["256"] <= 1.0
+    passkey = report["retrieval"]["passkey"]
+    assert passkey["64"] is None and passkey["256"] in (0.0, 1.0)  # one trial: found or not
     assert set(report["retrieval"]["ruler"]) == {"niah_single_1"}
     assert json.loads((tmp_path / "report" / "retrieval.json").read_text()) == report["retrieval"]
     assert "## Retrieval" in (tmp_path / "report" / "report.md").read_text()

@@ -64,9 +64,13 @@ def test_operators_are_pure_functions_of_the_key():
     parent = space.project(seeds(2.0)[2])
     assert operators.mutate(jax.random.key(3), parent, space) == operators.mutate(jax.random.key(3), parent, space)
     assert operators.mutate(jax.random.key(3), parent, space) != operators.mutate(jax.random.key(4), parent, space)
-    other = space.project(seeds(2.0)[0])
+    other = space.project(seeds(2.0)[1])  # NTK and YaRN: two different non-constant monotone parents
     child = operators.crossover(jax.random.key(5), parent, other, space)
-    assert all(v in (a, b) for v, a, b in zip(child.factors, parent.factors, other.factors)) or space.is_valid(child)
+    assert child == operators.crossover(jax.random.key(5), parent, other, space)
+    assert child != operators.crossover(jax.random.key(6), parent, other, space)
+    assert child not in (parent, other) and space.is_valid(child)
+    # the monotone repair of a per-dimension mix of two monotone parents stays between them in every dimension
+    assert all(min(a, b) <= v <= max(a, b) for v, a, b in zip(child.factors, parent.factors, other.factors))
 
 
 def test_only_the_unordered_space_leaves_monotone_factors():
@@ -335,9 +339,22 @@ def test_search_killed_mid_generation_resumes_to_identical_factors(tmp_path):
     assert again["perplexity"] == clean["perplexity"]
 
 
-def test_longrope2_search_with_needle_driven_fitness(tmp_path):
+def test_longrope2_search_with_needle_driven_fitness(tmp_path, monkeypatch):
+    from longrope_jax.search import job
+    scorers = []
+
+    class RecordingEvaluator(job.FitnessEvaluator):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            scorers.append(self)
+
+    monkeypatch.setattr(job, "FitnessEvaluator", RecordingEvaluator)
     summary = run_search(tiny(space="longrope2", critical_dim=2, upper=6.0, fitness="needle", target_length=256,
                               cache=str(tmp_path / "n.sqlite"), verdict_documents=0), tmp_path / "lr2")
+    # the fitness counts the needle's answer tokens only: a few targets per sample, not the whole window
+    (scorer,) = scorers
+    counted = scorer.weights.sum(axis=1)
+    assert np.all(counted >= 1) and np.all(counted <= 16) and scorer.documents.shape[1] == 256
     factors = np.asarray(json.loads((tmp_path / "lr2" / "factors.json").read_text())["long_factor"])
     np.testing.assert_allclose(factors[:2], factors[2] ** (np.arange(2) / 2), rtol=1e-9)  # λ_i = λ_cd^(i/cd)
     assert np.all(np.diff(factors[2:]) > 0) and factors[2] >= 4.0  # strictly increasing from s = 256/64
