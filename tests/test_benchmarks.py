@@ -88,7 +88,8 @@ def test_search_efficiency_measures_evaluations_against_the_committed_reference(
     # windows, racing having cut some) up to the first generation within 0.5% of its final best
     history, stats = committed["history"], committed["stats"]
     per_candidate = stats["doc_evals"] / stats["evaluations"] / len(committed["search_documents"])
-    first = next(g for g, h in enumerate(history) if h["best"] <= history[-1]["best"] * 1.005)
+    target = history[-1]["best"] * 1.005
+    first = next(g for g, h in enumerate(history) if h["best"] <= target)
     expected = sum(h["evaluated"] for h in history[:first + 1]) * per_candidate
     assert reference["evaluations_to_target"] == pytest.approx(expected)
     assert reference["evaluations_spent"] == pytest.approx(stats["doc_evals"] / 3)
@@ -97,7 +98,6 @@ def test_search_efficiency_measures_evaluations_against_the_committed_reference(
     assert 20 <= cmaes["evaluations_spent"] <= 20 + 12  # 0.015 x 1,344 plus at most one generation
     cost, best = cmaes["trace"]["cost"], cmaes["trace"]["best"]
     assert cost[-1] == cmaes["evaluations_spent"] and best == sorted(best, reverse=True)
-    target = history[-1]["best"] * 1.005
     reached = [c for c, b in zip(cost, best) if b <= target]
     assert cmaes["evaluations_to_target"] == (reached[0] if reached else None)
     assert cmaes["search_ppl"] < committed["search_perplexity"]["best_seed"]  # it moved off its seeds
