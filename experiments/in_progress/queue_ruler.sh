@@ -13,7 +13,8 @@ part() { dir=$1 name=$2 tasks=$3; shift 3
     --config.eval.ruler_template=smollm2 --config.eval.ruler_tasks=$tasks "$@" && touch "$R/$dir/$name.done"
   echo "=== $dir/$name exit $? $(date)"; }
 F16=experiments/results/smollm2_16k/rope_scaling.json
-F32=experiments/results/smollm2_32k/rope_scaling.json
+# the searched 32k factors: the CMA-ES search (smollm2_32k is the NTK@40k seed it started from)
+F32=experiments/results/smollm2_32k_efficient/rope_scaling.json
 part base all $NIAH,vt,cwe,fwe --config.eval.ruler_lengths=4096,8192 --config.eval.ruler_samples=10 \
   --config.eval.ruler_methods=none
 part searched16k niah $NIAH --config.eval.ruler_lengths=16384 --config.eval.ruler_samples=5 \
