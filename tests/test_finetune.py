@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -31,14 +32,19 @@ def tiny(**finetune):
     return config
 
 
-def first_losses(mesh, steps=3, workdir=None) -> list[float]:
+def first_losses(mesh, steps=3, workdir=None, param_sum=False):
+    """The losses of `steps` fine-tuning steps of the tiny model; with `param_sum`, also sum(|p|) of the final
+    parameters (what the multi-host helper prints)."""
     config = tiny(mesh=mesh, steps=steps, long_ratio=1.0, checkpoint_every=100)
     model, cfg, _ = load_from_config(config.model)
     stream = np.random.default_rng(0).integers(0, 256, 5000).astype(np.int32)
     iterators = {"long": train_data.batch_iterator(stream, 128, 8, 0),
                  "short": train_data.batch_iterator(stream, 64, 8, 1)}
     trainer = Trainer(model, cfg, config.finetune, workdir, method_spec(cfg.rope, "yarn", 128))
-    return [r["loss"] for r in trainer.run(iterators, Path(workdir) / "metrics.jsonl")]
+    losses = [r["loss"] for r in trainer.run(iterators, Path(workdir) / "metrics.jsonl")]
+    if not param_sum:
+        return losses
+    return losses, float(sum(np.abs(v).sum() for v in jax.tree.leaves(trainer.final_model_params())))
 
 
 def test_sharded_meshes_give_the_single_device_losses(tmp_path):
