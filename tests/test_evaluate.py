@@ -35,7 +35,7 @@ def smollm2():
 
 def test_batch_of_8_candidates_equals_8_separate_evaluations(smollm2):
     _, model, cfg, tokens = smollm2
-    length = 512
+    length = 256
     rng = np.random.default_rng(0)
     original = rope_inputs(cfg.rope, length).original_inv_freq
     ropes = [longrope_inputs(original, np.sort(rng.uniform(1, 4, 32)), 1.0 + 0.02 * i, n_hat=4 * (i % 2))
