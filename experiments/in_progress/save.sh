@@ -9,9 +9,9 @@ saved=$repo/experiments/in_progress/state
 rm -rf "$saved" && mkdir -p "$saved"
 cd "$runs"
 # search state + fitness cache (search_state.json, search.cache / fitness.sqlite), evaluation results.json, and
-# the queues' markers of finished steps (*.done)
+# the queues' markers of finished steps (*.done) and the training losses of each model they built (build_*.jsonl)
 find . -path ./logs -prune -o -type f \( -name search_state.json -o -name search.cache -o -name fitness.sqlite \
-  -o -name results.json -o -name search_efficiency.json -o -name "*.done" \) -print | while read -r f; do
+  -o -name results.json -o -name search_efficiency.json -o -name "*.done" -o -name "build_*.jsonl" \) -print | while read -r f; do
   d=$(dirname "$f")
   # a finished search: its summary.json beside the state, in result/ (search_efficiency) or in bench_results/
   [ -f "$d/summary.json" ] || [ -f "$d/result/summary.json" ] || [ -f "bench_results/$(basename "$d")/summary.json" ] \
