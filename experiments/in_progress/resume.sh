@@ -17,10 +17,16 @@ if [ -d "$saved" ]; then
   done
 fi
 [ "${START:-1}" = 1 ] || { echo "restored into $runs"; exit 0; }
-for queue in s32 bench ruler; do
+# One core per queue: XLA's CPU thread pool waits at every op for its slowest thread, so two jobs sharing both
+# cores stall each other (and `nice` does not help across separate sessions: autogroup scheduling). Pinned, a
+# 16k RULER prompt took 10.5 min on its core, against 20-40 min when both queues shared both cores.
+core=0
+for queue in bench ruler; do
   tree=$repo/../frozen_$queue
   [ -d "$tree" ] || git -C "$repo" worktree add -f --detach "$tree" HEAD -q
   git -C "$tree" checkout -q --detach "$(git -C "$repo" rev-parse HEAD)"
-  nohup bash "$repo/experiments/in_progress/queue_$queue.sh" "$tree" "$runs" > "$runs/logs/$queue.log" 2>&1 &
+  nohup taskset -c $((core % $(nproc))) bash "$tree/experiments/in_progress/queue_$queue.sh" "$tree" "$runs" \
+    > "$runs/logs/$queue.log" 2>&1 &
+  core=$((core + 1))
 done
-echo "started the s32, bench and ruler queues; logs in $runs/logs"
+echo "started the bench and ruler queues; logs in $runs/logs"
