@@ -21,13 +21,11 @@ done
 # An unfinished pipeline workdir (experiments.extend) small enough to travel, such as the fixture recipe's: all of
 # it but the fine-tuning checkpoints, so its finished stages (the fine-tuned model included) are not redone and its
 # running search resumes against the very same weights. SmolLM2's (hundreds of MB) keeps only its search state.
-find . -path ./logs -prune -o -name manifest.json -print | while read -r m; do
-  d=$(dirname "$m")
-  python3 -c "import json,sys; s=json.load(open(sys.argv[1]))['stages']; sys.exit(s.get('report',{}).get('status')=='done')" "$m" \
-    || continue
+for m in */manifest.json; do
+  [ -f "$m" ] || continue; d=$(dirname "$m")
+  python3 -c "import json,sys; sys.exit(json.load(open(sys.argv[1]))['stages'].get('report',{}).get('status')!='done')" "$m" \
+    && continue  # finished: committed under experiments/results instead
   [ "$(du -sm --exclude=checkpoints "$d" | cut -f1)" -le 40 ] || continue
-  (cd "$d" && find . -path '*/checkpoints' -prune -o -type f -print) | while read -r f; do
-    mkdir -p "$saved/$d/$(dirname "$f")" && cp -p "$d/$f" "$saved/$d/$f"
-  done
+  find "$d" -path '*/checkpoints' -prune -o -type f -exec cp -p --parents {} "$saved" \;
 done
 du -sh "$saved"
