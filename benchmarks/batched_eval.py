@@ -2,8 +2,9 @@
 
   python -m benchmarks.batched_eval --length 4096 --candidates 8 [--out benchmarks/results/batched_eval.json]
 
-SmolLM2-135M on the first L tokens of *Emma*; C LongRoPE candidates (random monotone factors, alternating n̂,
-slightly different attention scales) scored through `PerplexityEvaluator.mean_nll`:
+SmolLM2-135M (or `--model`: another GGUF file or HF directory) on the first L tokens of *Emma*; C LongRoPE
+candidates (random monotone factors, alternating n̂, slightly different attention scales) scored through
+`PerplexityEvaluator.mean_nll`:
   separate            C calls with one candidate each (what a caller without batching does)
   batched (auto)      one call with all C; model.vmap_width "auto" (CPU: one candidate at a time inside the call,
                       GPU/TPU: all vmapped)
@@ -20,8 +21,7 @@ import time
 import jax
 import numpy as np
 
-from benchmarks.forward import _tokens
-from longrope_jax.assets import smollm2_gguf_path
+from benchmarks.forward import _tokens, model_path
 from longrope_jax.eval.perplexity import PerplexityEvaluator, stack_ropes
 from longrope_jax.io import write_json_atomic
 from longrope_jax.loading import load_model
@@ -45,10 +45,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--candidates", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--out", default="benchmarks/results/batched_eval.json")
+    parser.add_argument("--model", default=None, help="GGUF file or HF directory (default SmolLM2-135M's GGUF)")
     args = parser.parse_args(argv)
 
-    model, cfg = load_model(smollm2_gguf_path())
-    documents = np.asarray(_tokens(args.length), np.int32)[None]
+    path = model_path(args.model)
+    model, cfg = load_model(path)
+    documents = np.asarray(_tokens(args.length, path), np.int32)[None]
     rng = np.random.default_rng(0)
     original = rope_inputs(cfg.rope, args.length).original_inv_freq
     ropes = [longrope_inputs(original, np.sort(rng.uniform(1, 4, cfg.rope.half_dim)), 1.0 + 0.02 * i,
@@ -73,7 +75,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for row in rows:
         row["speed_vs_separate"] = rows[0]["seconds"] / max(row["seconds"], 1e-9)
 
-    print(f"SmolLM2-135M, {args.candidates} candidates, one document of {args.length} tokens "
+    print(f"{path.name}, {args.candidates} candidates, one document of {args.length} tokens "
           f"({jax.default_backend()})")
     print("| variant | vmapped | s total | s/candidate | speed vs separate | max Δ NLL |")
     print("|---|---|---|---|---|---|")

@@ -58,12 +58,28 @@ def _reset_peak() -> bool:
         return False
 
 
-def _tokens(length: int) -> list[int]:
-    import longrope_jax
+def model_path(path: str | Path | None = None) -> Path:
+    """The benchmarked model: a GGUF file or a Hugging Face directory; default SmolLM2-135M's GGUF."""
+    if path:
+        return Path(path)
     from longrope_jax.assets import smollm2_gguf_path
+    return smollm2_gguf_path()
+
+
+def torch_model(path: Path, dtype):
+    """transformers' model of `model_path`'s file or directory, in `dtype` (a torch dtype)."""
+    import transformers
+
+    if path.is_dir():
+        return transformers.AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+    return transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype)
+
+
+def _tokens(length: int, path: str | Path | None = None) -> list[int]:
+    import longrope_jax
     from longrope_jax.data.corpus import austen_novels
 
-    ids = longrope_jax.load_tokenizer(smollm2_gguf_path()).encode(austen_novels()["Emma"]).ids
+    ids = longrope_jax.load_tokenizer(model_path(path)).encode(austen_novels()["Emma"]).ids
     if len(ids) < length:
         raise SystemExit(f"Emma has only {len(ids)} tokens; asked for {length}")
     return ids[:length]
@@ -110,11 +126,7 @@ def _run_torch(length: int, repeats: int, dtype: str) -> dict:
     import torch
     import transformers
 
-    from longrope_jax.assets import smollm2_gguf_path
-
-    path = smollm2_gguf_path()
-    model = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
-                                                              dtype=getattr(torch, dtype)).eval()
+    model = torch_model(model_path(), getattr(torch, dtype)).eval()
     ids = torch.tensor([_tokens(length)], dtype=torch.long)
     with torch.no_grad():  # warm-up on a short prefix (first-call allocations, kernel selection)
         model(ids[:, :128], labels=ids[:, :128])

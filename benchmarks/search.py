@@ -2,8 +2,9 @@
 
   python -m benchmarks.search --length 4096 --candidates 8 --documents 3 [--out benchmarks/results/search.json]
 
-All variants score the same generation (mutants of PI/NTK/YaRN) with `FitnessEvaluator` on the real SmolLM2 and
-the search split; the elite (the seeds, fully scored once beforehand) sets the racing threshold as in a real run.
+All variants score the same generation (mutants of PI/NTK/YaRN) with `FitnessEvaluator` on the real SmolLM2 (or
+`--model`: another GGUF file or HF directory) and the search split; the elite (the seeds, fully scored once
+beforehand) sets the racing threshold as in a real run.
 Variants:
   one_at_a_time   batch_size 1, no racing, no cache (the reference implementation's way)
   batched         batch_size = --batch candidates per call of one compiled function, no racing, no cache;
@@ -23,7 +24,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from longrope_jax.assets import smollm2_gguf_path
+from benchmarks.forward import model_path
 from longrope_jax.data.documents import random_windows
 from longrope_jax.data.sources import load_token_documents, text_source
 from longrope_jax.rope.factors import method_factors_table
@@ -44,10 +45,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--documents", type=int, default=3)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--out", default="benchmarks/results/search.json")
+    parser.add_argument("--model", default=None, help="GGUF file or HF directory (default SmolLM2-135M's GGUF)")
     args = parser.parse_args(argv)
 
     import ml_collections
-    gguf = smollm2_gguf_path()
+    gguf = model_path(args.model)
     model, cfg = load_model(gguf)
     tokenizer = load_tokenizer(gguf)
     docs = load_token_documents(text_source(ml_collections.ConfigDict({"source": "demo"}), "search"), tokenizer)
@@ -94,7 +96,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     reference = rows[0]["seconds_per_generation"]
     for row in rows:
         row["speedup_vs_one_at_a_time"] = reference / max(row["seconds_per_generation"], 1e-9)
-    print(f"SmolLM2-135M, {len(generation)} candidates × {args.documents} documents of {args.length} tokens")
+    print(f"{gguf.name}, {len(generation)} candidates × {args.documents} documents of {args.length} tokens")
     print("| variant | vmapped | s/generation | s/candidate | doc evals | saved by racing | cache hits | speed-up |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:

@@ -1,6 +1,6 @@
 """Training-step throughput and peak memory: longrope-jax vs transformers (PyTorch fp32), SmolLM2-135M, real text.
 
-    python -m benchmarks.train [--lengths 4096,16384] [--impls ours,torch] [--remat save_attention] [--out PATH]
+    python -m benchmarks.train [--lengths 4096,16384] [--impls ours,torch] [--remat save_attention] [--model PATH] [--out PATH]
 
 One optimizer step = loss over the first L tokens of *Emma* + backward + AdamW update, fp32 weights on both sides.
 * ours: `jax.jit` of value_and_grad(`sequence_nll`) + optax AdamW, parameters donated, layer remat policy
@@ -22,27 +22,26 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.forward import GB, _maxrss, _tokens
+from benchmarks.forward import GB, _maxrss, _tokens, model_path, torch_model
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "train.json"
 
 
-def _run_ours(length: int, repeats: int, remat: str) -> dict:
+def _run_ours(length: int, repeats: int, remat: str, path: str | None) -> dict:
     import jax
     import jax.numpy as jnp
     import optax
     from flax import nnx
 
     import longrope_jax
-    from longrope_jax.assets import smollm2_gguf_path
     from longrope_jax.model.loss import sequence_nll
 
-    model, cfg = longrope_jax.load_model(smollm2_gguf_path(), attention="blockwise", remat=remat)
+    model, cfg = longrope_jax.load_model(model_path(path), attention="blockwise", remat=remat)
     graphdef, state = nnx.split(model)
     del model
     optimizer = optax.adamw(1e-5, weight_decay=0.0)  # the same AdamW as the torch side
     opt_state = optimizer.init(state)
-    tokens = jnp.asarray([_tokens(length)], jnp.int32)
+    tokens = jnp.asarray([_tokens(length, path)], jnp.int32)
 
     def step(state, opt_state, tokens):
         loss, grads = jax.value_and_grad(lambda s: sequence_nll(nnx.merge(graphdef, s), tokens).mean())(state)
@@ -62,20 +61,15 @@ def _run_ours(length: int, repeats: int, remat: str) -> dict:
             "peak_bytes": _maxrss(), "remat": remat, "jax": jax.__version__}
 
 
-def _run_torch(length: int, repeats: int, remat: str) -> dict:
+def _run_torch(length: int, repeats: int, remat: str, path: str | None) -> dict:
     import torch
-    import transformers
 
-    from longrope_jax.assets import smollm2_gguf_path
-
-    path = smollm2_gguf_path()
-    model = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
-                                                              dtype=torch.float32)
+    model = torch_model(model_path(path), torch.float32)
     model.train()
     if remat != "none":
         model.gradient_checkpointing_enable()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.0)
-    ids = torch.tensor([_tokens(length)], dtype=torch.long)
+    ids = torch.tensor([_tokens(length, path)], dtype=torch.long)
 
     def step() -> float:
         loss = model(ids, labels=ids).loss
@@ -100,6 +94,7 @@ def _run_torch(length: int, repeats: int, remat: str) -> dict:
 def _spawn(impl: str, length: int, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, "-m", "benchmarks.train", "--worker", impl, "--length", str(length),
            "--repeats", str(args.repeats), "--remat", args.remat]
+    cmd += ["--model", args.model] if args.model else []
     root = str(Path(__file__).resolve().parent.parent)
     env = dict(os.environ, PYTHONPATH=root + (os.pathsep + os.environ["PYTHONPATH"]
                                               if os.environ.get("PYTHONPATH") else ""))
@@ -118,13 +113,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--remat", default="save_attention", choices=("none", "full", "save_attention", "dots_saveable",
                                                                 "nothing_saveable"))
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--model", default=None, help="GGUF file or HF directory (default SmolLM2-135M's GGUF)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--worker", choices=("ours", "torch"), help=argparse.SUPPRESS)
     parser.add_argument("--length", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         run = _run_ours if args.worker == "ours" else _run_torch
-        result = run(args.length, args.repeats, args.remat)
+        result = run(args.length, args.repeats, args.remat, args.model)
         print("RESULT " + json.dumps(result), flush=True)
         return []
     from longrope_jax.io import write_json_atomic
@@ -145,7 +141,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                               for impl, r in runs.items())
               + (f"  speed t/o {row['speed_ratio_torch_over_ours']:.2f} mem t/o "
                  f"{row['memory_ratio_torch_over_ours']:.2f}" if len(runs) == 2 else ""), flush=True)
-    write_json_atomic(args.out, {"model": "SmolLM2-135M fp32", "remat": args.remat, "rows": rows,
+    write_json_atomic(args.out, {"model": f"{args.model or 'SmolLM2-135M'} fp32", "remat": args.remat, "rows": rows,
                                  "load_avg_at_end": os.getloadavg()})
     print(f"wrote {args.out}")
     return rows

@@ -2,12 +2,22 @@
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import jax  # noqa: E402  (JAX reads its settings from the environment here, before the lines below)
 import pytest  # noqa: E402
+
+# The CLI tests run tiny configs in subprocesses that compile the same programs again and again (model init, the
+# train step); XLA's persistent cache, keyed by the program and the compiler flags, turns each repeat into a disk
+# read. Set after JAX's import, so it reaches only those subprocesses: this process compiles as a user's would.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(),
+                                                                f"longrope_jax_tests_xla_cache_{os.getuid()}"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -22,7 +32,6 @@ def phi3_factors() -> dict:
 def layer_scan_gradient_temp_bytes():
     """temp_bytes(attention, length): compiled temporary memory of the gradient through two toy layers stacked
     with `lax.scan` (4 query heads, 2 KV heads, head_dim 16), `attention(q, k, v, positions)` -> (1, L, 4, 16)."""
-    import jax
     import jax.numpy as jnp
 
     def temp_bytes(attention, length: int) -> int:

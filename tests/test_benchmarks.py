@@ -1,11 +1,15 @@
 """The benchmark scripts' own logic (they are run for real by hand; here: small sizes, CPU)."""
 
 import json
+from pathlib import Path
 
 import pytest
 
 from benchmarks import mfu
 from longrope_jax.model.config import ModelConfig
+
+# The SmolLM2-sized runs are the benchmarks' own (by hand); here the same code paths run on the 4-layer fixture.
+FIXTURE = str(Path(__file__).parent / "fixtures" / "mini_llama")
 
 
 def test_forward_flops_by_hand():
@@ -32,7 +36,8 @@ def test_mfu_script_runs_and_writes_json(tmp_path, capsys):
 def test_train_benchmark_runs_both_sides_with_matching_losses(tmp_path):
     from benchmarks import train
 
-    rows = train.main(["--lengths", "64", "--repeats", "1", "--out", str(tmp_path / "train.json")])
+    rows = train.main(["--lengths", "64", "--repeats", "1", "--model", FIXTURE,
+                       "--out", str(tmp_path / "train.json")])
     row = rows[0]
     assert row["ours_seconds"] > 0 and row["torch_seconds"] > 0 and row["speed_ratio_torch_over_ours"] > 0
     # Same weights, same text, same AdamW: after one identical update both report the same second-step loss.
@@ -44,7 +49,7 @@ def test_search_benchmark_scores_one_generation_five_ways(tmp_path):
     from benchmarks import search
 
     rows = search.main(["--length", "96", "--candidates", "3", "--documents", "2", "--batch", "2",
-                        "--out", str(tmp_path / "search.json")])
+                        "--model", FIXTURE, "--out", str(tmp_path / "search.json")])
     by_name = {row["variant"]: row for row in rows}
     saved = json.loads((tmp_path / "search.json").read_text())
     assert saved["rows"] == json.loads(json.dumps(rows))
@@ -63,7 +68,8 @@ def test_search_benchmark_scores_one_generation_five_ways(tmp_path):
 def test_batched_eval_benchmark_times_three_ways_with_equal_scores(tmp_path):
     from benchmarks import batched_eval
 
-    rows = batched_eval.main(["--length", "64", "--candidates", "3", "--out", str(tmp_path / "b.json")])
+    rows = batched_eval.main(["--length", "64", "--candidates", "3", "--model", FIXTURE,
+                              "--out", str(tmp_path / "b.json")])
     assert [r["variant"] for r in rows] == ["separate", "batched (auto)", "batched (vmap all)"]
     assert [r["vmap_width"] for r in rows] == [1, 1, 3]  # CPU: "auto" is one at a time
     assert all(r["seconds"] > 0 and r["max_abs_nll_diff_vs_separate"] < 1e-5 for r in rows)
