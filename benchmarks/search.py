@@ -49,9 +49,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parser.parse_args(argv)
 
     import ml_collections
-    gguf = model_path(args.model)
-    model, cfg = load_model(gguf)
-    tokenizer = load_tokenizer(gguf)
+    path = model_path(args.model)
+    model, cfg = load_model(path)
+    tokenizer = load_tokenizer(path)
     docs = load_token_documents(text_source(ml_collections.ConfigDict({"source": "demo"}), "search"), tokenizer)
     documents, _ = random_windows(docs, args.length, args.documents, seed=0)
     base = cfg.rope
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     reference = rows[0]["seconds_per_generation"]
     for row in rows:
         row["speedup_vs_one_at_a_time"] = reference / max(row["seconds_per_generation"], 1e-9)
-    print(f"{gguf.name}, {len(generation)} candidates × {args.documents} documents of {args.length} tokens")
+    print(f"{path.name}, {len(generation)} candidates × {args.documents} documents of {args.length} tokens")
     print("| variant | vmapped | s/generation | s/candidate | doc evals | saved by racing | cache hits | speed-up |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:

@@ -1,6 +1,7 @@
 """Training-step throughput and peak memory: longrope-jax vs transformers (PyTorch fp32), SmolLM2-135M, real text.
 
-    python -m benchmarks.train [--lengths 4096,16384] [--impls ours,torch] [--remat save_attention] [--model PATH] [--out PATH]
+    python -m benchmarks.train [--lengths 4096,16384] [--impls ours,torch] [--remat save_attention]
+                               [--model PATH] [--out PATH]
 
 One optimizer step = loss over the first L tokens of *Emma* + backward + AdamW update, fp32 weights on both sides.
 * ours: `jax.jit` of value_and_grad(`sequence_nll`) + optax AdamW, parameters donated, layer remat policy
