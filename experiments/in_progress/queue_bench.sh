@@ -21,10 +21,10 @@ run mini_8x_seed2 --ratio 8 --config.search.seed=2 --config.search.windows_seed=
 run mini_16x_longrope2 --ratio 16 --config.search.space=longrope2
 python -m benchmarks.search_efficiency --ratios 32 --seeds 0,1,2 --strategies surrogate,multifidelity \
   --references experiments/results --workdir "$runs/search_efficiency" --out "$runs/search_efficiency.json"
-if [ ! -f "$runs/bench_results/mini_recipe.done" ]; then
+if [ ! -f experiments/results/mini_recipe/report.md ] && [ ! -f "$runs/bench_results/mini_recipe.done" ]; then
   echo "=== mini_recipe $(date)"
   python -m experiments.extend --config configs/mini.py:recipe --workdir "$runs/mini_recipe" \
-    && touch "$runs/bench_results/mini_recipe.done"
+    && mkdir -p "$runs/bench_results" && touch "$runs/bench_results/mini_recipe.done"
 fi
 run mini_32x_seed1 --ratio 32 --config.search.seed=1 --config.search.windows_seed=0
 run mini_32x_seed2 --ratio 32 --config.search.seed=2 --config.search.windows_seed=0
