@@ -20,6 +20,7 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 
 FIXTURES = Path(__file__).parent / "fixtures"
+MINI_LLAMA = FIXTURES / "mini_llama"  # the search bench's fixture model (experiments.pretrain)
 
 
 @pytest.fixture(scope="session")

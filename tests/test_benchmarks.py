@@ -1,15 +1,15 @@
 """The benchmark scripts' own logic (they are run for real by hand; here: small sizes, CPU)."""
 
 import json
-from pathlib import Path
 
 import pytest
 
 from benchmarks import mfu
 from longrope_jax.model.config import ModelConfig
+from conftest import MINI_LLAMA
 
 # The SmolLM2-sized runs are the benchmarks' own (by hand); here the same code paths run on the 4-layer fixture.
-FIXTURE = str(Path(__file__).parent / "fixtures" / "mini_llama")
+FIXTURE = str(MINI_LLAMA)
 
 
 def test_forward_flops_by_hand():

@@ -22,6 +22,7 @@ from longrope_jax.eval.runner import run_evaluation
 from longrope_jax.io import read_json
 from longrope_jax.model.loss import sequence_nll
 from longrope_jax.rope import longrope_inputs, rope_inputs
+from conftest import MINI_LLAMA
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,7 +41,7 @@ def smollm2():
 @pytest.fixture(scope="module")
 def mini():
     """The search bench's fixture (HF directory, native 256 tokens): lengths past its native window are cheap."""
-    return _loaded(ROOT / "tests" / "fixtures" / "mini_llama")
+    return _loaded(MINI_LLAMA)
 
 
 def test_batch_of_8_candidates_equals_8_separate_evaluations(mini):

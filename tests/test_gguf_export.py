@@ -21,11 +21,12 @@ from longrope_jax.convert.rope_install import install_rope_scaling
 from longrope_jax.errors import ConfigError
 from longrope_jax.loading import load_params
 from longrope_jax.tokenizer import byte_tokenizer, load_tokenizer
+from conftest import FIXTURES, MINI_LLAMA
 
 ROOT = Path(__file__).resolve().parents[1]
-MINI = ROOT / "tests" / "fixtures" / "mini_llama"
+MINI = MINI_LLAMA
 FACTORS_8X = ROOT / "experiments" / "results" / "mini_8x" / "rope_scaling.json"
-PROSE = (ROOT / "tests" / "fixtures" / "pride_and_prejudice_ch1.txt").read_text(encoding="utf-8")
+PROSE = (FIXTURES / "pride_and_prejudice_ch1.txt").read_text(encoding="utf-8")
 
 
 @pytest.fixture(scope="module")

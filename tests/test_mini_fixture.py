@@ -16,9 +16,10 @@ import transformers
 
 import longrope_jax
 from longrope_jax.data.documents import demo_texts
+from conftest import MINI_LLAMA
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURE = ROOT / "tests" / "fixtures" / "mini_llama"
+FIXTURE = MINI_LLAMA
 
 
 @pytest.fixture(scope="module")
@@ -78,9 +79,12 @@ def test_fixture_breaks_past_its_native_length_and_closed_forms_recover_part(emm
 def test_small_search_at_8x_beats_its_best_seed_on_held_out_text(tmp_path):
     from longrope_jax.search.bench import run_bench
 
-    config = mini_config(population=16, generations=3, parents=8, mutants=4, crossovers=4, documents=3,
+    # 13 evaluations on one search window, judged on one held-out window: ~35 s on one core. Measured margins:
+    # search window 107.40 vs YaRN 111.84, held-out 79.64 vs 82.16 (more budget widens them: 99.00 vs 105.14
+    # held-out after 23 evaluations).
+    config = mini_config(population=6, generations=1, parents=3, mutants=2, crossovers=1, documents=1,
                          search_n_hat=False)
-    config.bench.held_out_windows = 3
+    config.bench.held_out_windows = 1
     summary = run_bench(config, 8, tmp_path / "work", tmp_path / "mini_8x")
     table = summary["held_out_perplexity"]
     assert table["searched"] < table["best_seed"] <= table["seed:" + summary["best_seed"]] + 1e-9

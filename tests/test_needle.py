@@ -1,7 +1,5 @@
 """Needle-driven perplexity: sample layout (answer last, exact length, one BOS, all texts) and NLL parity."""
 
-from pathlib import Path
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,8 +14,8 @@ from longrope_jax.model.config import ModelConfig
 from longrope_jax.model.execution import Execution
 from longrope_jax.model.transformer import init_model
 from longrope_jax.rope import RopeSpec, rope_inputs
+from conftest import FIXTURES
 
-FIXTURES = Path(__file__).parent / "fixtures"
 BOS = 0
 
 

@@ -1,7 +1,6 @@
 """Passkey prompt layout, answer parsing, accuracy on a tiny model (and an oracle), needle grid heatmap."""
 
 import re
-from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
@@ -17,8 +16,8 @@ from longrope_jax.model.config import ModelConfig
 from longrope_jax.model.execution import Execution
 from longrope_jax.model.transformer import init_model
 from longrope_jax.rope import RopeSpec
+from conftest import FIXTURES
 
-FIXTURES = Path(__file__).parent / "fixtures"
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,9 @@ import pytest
 import longrope_jax
 from longrope_jax.errors import ConfigError
 from longrope_jax.eval import ruler
+from conftest import MINI_LLAMA
 
-FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "mini_llama"
+FIXTURE = MINI_LLAMA
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from conftest import MINI_LLAMA
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURE = ROOT / "tests" / "fixtures" / "mini_llama"
+FIXTURE = MINI_LLAMA
 
 
 @pytest.mark.parametrize("name", ["mini_4x", "mini_8x"])
