@@ -358,7 +358,7 @@ def _report(config, base_bundle, export: dict, manifest: dict, out: Path) -> dic
                                 int(p.get("report_ruler_samples", 1)), int(config.eval.seed),
                                 bool(config.data.add_bos))
     stages = "\n".join(f"- {name}: {entry['status']}, {entry.get('seconds', 0):.0f} s"
-                       for name, entry in manifest["stages"].items())
+                       for name, entry in manifest["stages"].items() if name != "report")  # this one is running
     report = (f"# LongRoPE extension report: {config.name}\n\n"
               f"Extended to {final} tokens (original {original}).\n\n## Stages\n{stages}\n\n"
               f"## Perplexity ({config.eval.split} documents: {', '.join(names)})\n\n"

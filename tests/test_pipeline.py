@@ -183,14 +183,17 @@ def test_report_shows_the_result_served_without_n_hat_beside_the_scored_one(tmp_
     factors = tmp_path / "long.json"
     factors.write_text(json.dumps({"long_factor": [1.0, 1.5, 2.0, 2.0], "n_hat": 16}))
     export = _export(bundle, str(factors), None, 256, tmp_path / "export")
-    report = _report(config, bundle, export, {"stages": {}}, tmp_path / "report")
+    manifest = {"stages": {"search_long": {"status": "done", "seconds": 12.0}, "report": {"status": "running"}}}
+    report = _report(config, bundle, export, manifest, tmp_path / "report")
     table = report["perplexity"]
     # Retrieval beside perplexity, at the original (64: too short for either prompt) and the final length.
     passkey = report["retrieval"]["passkey"]
     assert passkey["64"] is None and passkey["256"] in (0.0, 1.0)  # one trial: found or not
     assert set(report["retrieval"]["ruler"]) == {"niah_single_1"}
     assert json.loads((tmp_path / "report" / "retrieval.json").read_text()) == report["retrieval"]
-    assert "## Retrieval" in (tmp_path / "report" / "report.md").read_text()
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    assert "## Retrieval" in markdown
+    assert "- search_long: done, 12 s" in markdown and "- report:" not in markdown  # not itself, half-done
     scored, served = table["longrope (result)"]["128"], table["longrope (result, served without n_hat)"]["128"]
     assert served != scored
     model, cfg, _ = bundle
